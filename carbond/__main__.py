@@ -1,0 +1,5 @@
+import sys
+
+from carbond.cli import main
+
+sys.exit(main())

@@ -1,0 +1,368 @@
+"""Settings: typed, frozen, loaded from defaults < TOML file < ``CARBOND_*`` env < flags.
+
+Every setting is declared once in :data:`SPECS` (section, key, type, default, env names,
+whether it is secret, and a validator). :func:`load_settings` resolves each one and
+remembers where its value came from, which ``carbond config check`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from carbond.errors import ConfigError, UsageError
+
+DEFAULT_CONFIG_PATH = Path("/etc/carbond/carbond.toml")
+IDLE_POLICIES = ("proportional", "unattributed")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# --- the settings -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    interval_s: float
+    host: str
+    socket: str
+    log_level: str
+    simulate_gpus: int
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str
+    token: str
+    token_file: str
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    zone: str
+    intensity_g_per_kwh: float  # 0 = use the zone's table value
+
+
+@dataclass(frozen=True)
+class ImpactSettings:
+    pue: float
+    wue_site_l_per_kwh: float
+    wue_source_l_per_kwh: float
+    gpu_embodied_kg: float
+    gpu_lifetime_years: float
+    host_embodied_kg: float
+    host_lifetime_years: float
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    nvml: bool
+    rapl_root: str
+    cpu_tdp_w: float  # 0 = from the table by model name
+    cpu_idle_fraction: float
+    ram_w_per_gb: float
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    idle_policy: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    daemon: DaemonSettings
+    store: StoreSettings
+    region: RegionSettings
+    impacts: ImpactSettings
+    sensors: SensorSettings
+    attribution: AttributionSettings
+
+
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonSettings,
+    "store": StoreSettings,
+    "region": RegionSettings,
+    "impacts": ImpactSettings,
+    "sensors": SensorSettings,
+    "attribution": AttributionSettings,
+}
+
+
+# --- defaults that depend on the environment ----------------------------------------------
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=, may list several
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
+    return Path(base) / "carbond"
+
+
+def default_store_url(env: Mapping[str, str] | None = None) -> str:
+    return f"sqlite://{(default_state_dir(env) / 'carbond.db').resolve()}"
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    if env.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
+        return str(Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "carbond.sock")
+    if env.get("XDG_RUNTIME_DIR"):
+        return str(Path(env["XDG_RUNTIME_DIR"]) / "carbond.sock")
+    if Path("/run/carbond").is_dir():
+        return "/run/carbond/carbond.sock"
+    return f"/tmp/carbond-{os.getuid()}/carbond.sock"
+
+
+# --- validators ---------------------------------------------------------------------------
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def _at_least_one(v: float) -> str | None:
+    return None if v >= 1 else "must be 1.0 or greater (1.0 = no facility overhead)"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in options else f"must be one of {', '.join(options)}"
+
+    return check
+
+
+def _store_url(v: str) -> str | None:
+    from carbond.store.urls import parse_store_url
+
+    try:
+        parse_store_url(v)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
+def _zone(v: str) -> str | None:
+    from carbond.intensity import load_table
+
+    try:
+        load_table().lookup(v)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class Spec:
+    section: str
+    key: str
+    type: type
+    default: Any  # a value, or a callable taking the environment
+    help: str
+    env: tuple[str, ...] = ()
+    flag: str = ""
+    secret: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return (f"CARBOND_{self.section.upper()}_{self.key.upper()}", *self.env)
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("daemon", "interval_s", float, 1.0, "seconds between ticks", ("CARBOND_INTERVAL",), "--interval", check=_positive),
+    Spec("daemon", "host", str, lambda env: socket.gethostname(), "host tag on every point"),
+    Spec("daemon", "socket", str, default_socket_path, "Unix socket of the daemon", ("CARBOND_SOCKET",), "--socket"),
+    Spec("daemon", "log_level", str, "info", "logging level", check=_choice(LOG_LEVELS)),
+    Spec("daemon", "simulate_gpus", int, 0, "add N simulated GPUs (demos, load tests)", (), "--simulate-gpus", check=_non_negative),
+    Spec("store", "url", str, default_store_url, "where points go", ("CARBOND_STORE",), "--store", check=_store_url),
+    Spec("store", "token", str, "", "InfluxDB v2 token", ("CARBOND_INFLUXDB_TOKEN",), secret=True),
+    Spec("store", "token_file", str, "", "file holding the InfluxDB v2 token"),
+    Spec("region", "zone", str, "WORLD", "grid zone for the intensity table", ("CARBOND_REGION",), "--region", check=_zone),
+    Spec("region", "intensity_g_per_kwh", float, 0.0, "fixed intensity overriding the table (0 = table)", check=_non_negative),
+    Spec("impacts", "pue", float, 1.56, "power usage effectiveness of the facility", (), "--pue", check=_at_least_one),
+    Spec("impacts", "wue_site_l_per_kwh", float, 1.8, "on-site water use per IT kWh", check=_non_negative),
+    Spec("impacts", "wue_source_l_per_kwh", float, 3.1, "water consumed per kWh generated", check=_non_negative),
+    Spec("impacts", "gpu_embodied_kg", float, 150.0, "embodied kgCO2e per GPU", check=_non_negative),
+    Spec("impacts", "gpu_lifetime_years", float, 6.0, "years a GPU is in service", check=_positive),
+    Spec("impacts", "host_embodied_kg", float, 2500.0, "embodied kgCO2e of the server without GPUs", check=_non_negative),
+    Spec("impacts", "host_lifetime_years", float, 6.0, "years the server is in service", check=_positive),
+    Spec("sensors", "nvml", bool, True, "read NVIDIA GPUs through NVML"),
+    Spec("sensors", "rapl_root", str, "/sys/class/powercap", "powercap tree for RAPL counters"),
+    Spec("sensors", "cpu_tdp_w", float, 0.0, "CPU package TDP in W (0 = from the table by model name)", check=_non_negative),
+    Spec("sensors", "cpu_idle_fraction", float, 0.3, "idle power as a fraction of TDP in the CPU model", check=_fraction),
+    Spec("sensors", "ram_w_per_gb", float, 0.375, "RAM power model, W per GB installed", check=_non_negative),
+    Spec("attribution", "idle_policy", str, "proportional", "how idle power is shared among runs", check=_choice(IDLE_POLICIES)),
+)
+SPECS_BY_PATH = {s.path: s for s in SPECS}
+FLAG_DESTS = {s.flag.lstrip("-").replace("-", "_"): s for s in SPECS if s.flag}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    settings: Settings
+    origins: Mapping[str, str]  # "daemon.interval_s" -> "default" | "file F" | "env X" | "flag --x"
+    config_path: Path | None
+
+    def effective(self, redact: bool = True) -> list[tuple[str, Any, str]]:
+        """(path, value, origin) for every setting, secrets redacted."""
+        rows = []
+        for spec in SPECS:
+            value = getattr(getattr(self.settings, spec.section), spec.key)
+            if redact and spec.secret and value:
+                value = "***"
+            rows.append((spec.path, value, self.origins[spec.path]))
+        return rows
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _coerce(spec: Spec, raw: Any, where: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: expected {expected}, got {raw!r}")
+
+    if spec.type is bool:
+        if isinstance(raw, bool):
+            value: Any = raw
+        elif isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            value = raw.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            raise bad("true or false")
+    elif spec.type is int:
+        if isinstance(raw, bool):
+            raise bad("an integer")
+        if isinstance(raw, int):
+            value = raw
+        elif isinstance(raw, str):
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                raise bad("an integer") from None
+        else:
+            raise bad("an integer")
+    elif spec.type is float:
+        if isinstance(raw, bool):
+            raise bad("a number")
+        if isinstance(raw, int | float):
+            value = float(raw)
+        elif isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise bad("a number") from None
+        else:
+            raise bad("a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad("a finite number")
+    else:
+        if not isinstance(raw, str):
+            raise bad("a string")
+        value = raw
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(f"{where}: {problem} (got {raw!r})")
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError as exc:
+        raise ConfigError(f"config file {path} is not readable: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    known_keys = {}
+    for spec in SPECS:
+        known_keys.setdefault(spec.section, set()).add(spec.key)
+    for section, body in data.items():
+        if section not in known_keys:
+            raise ConfigError(
+                f"config file {path}: unknown section [{section}]; valid sections: {', '.join(known_keys)}"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"config file {path}: [{section}] must be a table")
+        for key in body:
+            if key not in known_keys[section]:
+                import difflib
+
+                close = difflib.get_close_matches(key, sorted(known_keys[section]), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"config file {path}: unknown key {key!r} in [{section}]{hint} "
+                    f"(valid: {', '.join(sorted(known_keys[section]))})"
+                )
+    return data
+
+
+def load_settings(
+    config: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Resolved:
+    """Resolve every setting. ``flags`` maps a setting path (``"store.url"``) to a value."""
+    env = dict(os.environ if env is None else env)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    for path in flags:
+        if path not in SPECS_BY_PATH:
+            raise ConfigError(f"unknown setting {path!r}")
+
+    explicit = config or env.get("CARBOND_CONFIG")
+    config_path: Path | None = None
+    file_data: dict[str, Any] = {}
+    if explicit:
+        config_path = Path(explicit)
+        file_data = _read_file(config_path)
+    elif DEFAULT_CONFIG_PATH.is_file():
+        config_path = DEFAULT_CONFIG_PATH
+        file_data = _read_file(config_path)
+
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    origins: dict[str, str] = {}
+    for spec in SPECS:
+        if spec.path in flags:
+            value = _coerce(spec, flags[spec.path], f"{spec.flag or spec.path}")
+            origin = f"flag {spec.flag}" if spec.flag else "argument"
+        elif any(name in env for name in spec.env_names):
+            name = next(n for n in spec.env_names if n in env)
+            value = _coerce(spec, env[name], f"environment {name}")
+            origin = f"env {name}"
+        elif spec.key in file_data.get(spec.section, {}):
+            value = _coerce(spec, file_data[spec.section][spec.key], f"config file {config_path}: [{spec.section}] {spec.key}")
+            origin = f"file {config_path}"
+        else:
+            value = spec.default(env) if callable(spec.default) else spec.default
+            origin = "default"
+        values[spec.section][spec.key] = value
+        origins[spec.path] = origin
+
+    store = values["store"]
+    if not store["token"] and store["token_file"]:
+        try:
+            store["token"] = Path(store["token_file"]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"[store] token_file {store['token_file']}: {exc.strerror}") from exc
+        origins["store.token"] = f"file {store['token_file']}"
+
+    settings = Settings(**{name: cls(**values[name]) for name, cls in SECTIONS.items()})
+    return Resolved(settings=settings, origins=origins, config_path=config_path)

@@ -1,0 +1,58 @@
+"""Sensors: CPU (psutil, RAPL), GPU (NVML, injected), RAM. Nothing touches hardware at import."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from carbond.config import Settings
+from carbond.errors import SensorError
+from carbond.sensors.base import DeviceInfo, Reading, Sensor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeviceInfo", "Reading", "Sensor", "build_sensors"]
+
+
+def build_sensors(settings: Settings) -> list[Sensor]:
+    """The sensors this machine supports, per the settings. Never raises for missing hardware."""
+    import psutil
+
+    from carbond.sensors.cpu import CpuSensor
+    from carbond.sensors.memory import MemorySensor
+    from carbond.sensors.rapl import Rapl
+
+    cfg = settings.sensors
+    rapl = Rapl.discover(Path(cfg.rapl_root))
+    if rapl.ignored:
+        log.info("RAPL zones left out: %s", "; ".join(rapl.ignored))
+    sensors: list[Sensor] = [
+        CpuSensor(psutil, rapl, tdp_w=cfg.cpu_tdp_w, idle_fraction=cfg.cpu_idle_fraction),
+        MemorySensor(psutil, rapl, w_per_gb=cfg.ram_w_per_gb),
+    ]
+    gpus = _gpu_sensor(settings)
+    if gpus is not None:
+        sensors.append(gpus)
+    return sensors
+
+
+def _gpu_sensor(settings: Settings) -> Sensor | None:
+    from carbond.sensors.gpu import NvmlGpus
+
+    n_sim = settings.daemon.simulate_gpus
+    if n_sim:
+        from carbond.sensors.simnvml import SimulatedNvml
+
+        return NvmlGpus(SimulatedNvml(n_sim), simulated=True)
+    if not settings.sensors.nvml:
+        return None
+    try:
+        import pynvml
+    except ImportError as exc:  # the dependency is missing from this install
+        log.warning("NVML Python bindings (nvidia-ml-py) are not installed (%s); running without GPUs", exc)
+        return None
+    try:
+        return NvmlGpus(pynvml)
+    except SensorError as exc:
+        log.warning("%s; running without GPUs", exc)
+        return None

@@ -1,0 +1,154 @@
+"""NVIDIA GPUs through NVML, injected: ``NvmlGpus(nvml=module)``.
+
+Per device, the best source it supports: the energy counter
+(``nvmlDeviceGetTotalEnergyConsumption``, mJ, Volta and newer), else measured power
+(``nvmlDeviceGetPowerUsage``, mW), else the utilization model with ``max`` from the
+device's own power limit. NVML errors are converted here, once: a lost GPU is marked
+unavailable and the rest continue; a call a device does not support is not asked again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from carbond.errors import SensorError
+from carbond.logutil import Throttled
+from carbond.power import gpu_power_range_w
+from carbond.sensors.base import DeviceInfo, Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Gpu:
+    index: int
+    handle: Any
+    name: str
+    uuid: str
+    has_counter: bool
+    has_power: bool
+    idle_w: float
+    max_w: float
+    max_source: str
+    available: bool = True
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NvmlGpus:
+    def __init__(self, nvml: Any, *, simulated: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self._nvml = nvml
+        self._simulated = simulated
+        self._clock = clock
+        self._warn = Throttled(log)
+        try:
+            nvml.nvmlInit()
+            count = nvml.nvmlDeviceGetCount()
+            self._gpus = [self._probe(i) for i in range(count)]
+        except nvml.NVMLError as exc:
+            raise SensorError(f"NVML is not usable: {exc}") from exc
+
+    def _probe(self, index: int) -> _Gpu:
+        nvml = self._nvml
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        name = _text(nvml.nvmlDeviceGetName(handle))
+        uuid = _text(self._try(nvml.nvmlDeviceGetUUID, handle) or f"gpu{index}")
+        arch = self._try(nvml.nvmlDeviceGetArchitecture, handle)
+        has_counter = (arch is None or arch >= nvml.NVML_DEVICE_ARCH_VOLTA) and (
+            self._try(nvml.nvmlDeviceGetTotalEnergyConsumption, handle) is not None
+        )
+        has_power = self._try(nvml.nvmlDeviceGetPowerUsage, handle) is not None
+        idle_w, table_max_w = gpu_power_range_w(name)
+        limit_mw = self._try(nvml.nvmlDeviceGetEnforcedPowerLimit, handle) or self._try(
+            nvml.nvmlDeviceGetPowerManagementLimit, handle
+        )
+        if limit_mw:
+            max_w, max_source = limit_mw / 1000.0, "NVML power limit"
+        else:
+            max_w, max_source = table_max_w, "table"
+        return _Gpu(index, handle, name, uuid, has_counter, has_power, min(idle_w, max_w), max_w, max_source)
+
+    def _try(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def _is_lost(self, exc: Exception) -> bool:
+        return getattr(exc, "value", None) == self._nvml.NVML_ERROR_GPU_IS_LOST
+
+    def read(self) -> list[Reading]:
+        return [r for r in (self._read_one(g) for g in self._gpus if g.available) if r is not None]
+
+    def _read_one(self, gpu: _Gpu) -> Reading | None:
+        nvml = self._nvml
+        counter_j = power_w = util = mem = temp = None
+        t = self._clock()
+        try:
+            if gpu.has_counter:
+                counter_j = self._field(gpu, "counter", nvml.nvmlDeviceGetTotalEnergyConsumption)
+                counter_j = None if counter_j is None else counter_j / 1000.0
+            if gpu.has_power:
+                power_w = self._field(gpu, "power", nvml.nvmlDeviceGetPowerUsage)
+                power_w = None if power_w is None else power_w / 1000.0
+            rates = self._field(gpu, "utilization", nvml.nvmlDeviceGetUtilizationRates)
+            util = None if rates is None else float(rates.gpu)
+            info = self._field(gpu, "memory", nvml.nvmlDeviceGetMemoryInfo)
+            mem = None if info is None else float(info.used)
+            temp = self._field(gpu, "temperature", nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU)
+        except nvml.NVMLError as exc:  # only a lost GPU gets here
+            gpu.available = False
+            log.warning("gpu%d (%s, %s) is lost: %s; marked unavailable, the other devices continue",
+                        gpu.index, gpu.name, gpu.uuid, exc)
+            return None
+        return Reading(
+            device=f"gpu{gpu.index}", kind="gpu", model=gpu.name, t_s=t, idle_w=gpu.idle_w, max_w=gpu.max_w,
+            counter_j=counter_j, power_w=power_w, utilization_pct=util, memory_used_bytes=mem,
+            temperature_c=None if temp is None else float(temp), simulated=self._simulated,
+        )
+
+    def _field(self, gpu: _Gpu, what: str, fn: Callable[..., Any], *extra: Any) -> Any:
+        """One NVML call; a lost GPU propagates, anything else makes this field None."""
+        nvml = self._nvml
+        try:
+            return fn(gpu.handle, *extra)
+        except nvml.NVMLError as exc:
+            if self._is_lost(exc):
+                raise
+            if getattr(exc, "value", None) == nvml.NVML_ERROR_NOT_SUPPORTED:
+                if what == "counter":
+                    gpu.has_counter = False
+                elif what == "power":
+                    gpu.has_power = False
+            self._warn.warning(f"{gpu.index}:{what}", "gpu%d (%s): reading %s failed: %s",
+                               gpu.index, gpu.name, what, exc)
+            return None
+
+    def devices(self) -> list[DeviceInfo]:
+        out = []
+        for g in self._gpus:
+            best = "counter" if g.has_counter else "power" if g.has_power else "model"
+            detail = {
+                "counter": "NVML total energy counter",
+                "power": "NVML power usage, integrated over measured time",
+                "model": f"utilization × {g.idle_w:g}–{g.max_w:g} W ({g.max_source})",
+            }[best]
+            source = "simulated" if self._simulated else best
+            if not g.available:
+                source, detail = "unavailable", "lost (NVML GPU_IS_LOST)"
+            elif self._simulated:
+                detail = f"simulated: {detail}"
+            out.append(DeviceInfo(f"gpu{g.index}", "gpu", g.name, source, f"{detail}; uuid {g.uuid}"))
+        return out
+
+    def close(self) -> None:
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError:
+            pass
