@@ -296,9 +296,25 @@ def _set_level(level: str, verbose: bool) -> None:
     logging.getLogger().setLevel(logging.DEBUG if verbose else getattr(logging, level.upper()))
 
 
+TIME_FLAGS = ("--since", "--until", "--at")
+
+
+def _join_relative_times(argv: Sequence[str]) -> list[str]:
+    """``--since -1h`` → ``--since=-1h``: argparse would take ``-1h`` for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in TIME_FLAGS:
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_relative_times(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apscheduler",):

@@ -234,9 +234,19 @@ class Resolved:
 # --- loading ------------------------------------------------------------------------------
 
 
+def _shown(spec: Spec, raw: Any) -> str:
+    """How a value may appear in an error message: secrets and URL passwords hidden."""
+    if spec.secret:
+        return "'***'"
+    if isinstance(raw, str) and "://" in raw and "@" in raw:
+        scheme, rest = raw.split("://", 1)
+        return repr(f"{scheme}://***@{rest.rsplit('@', 1)[1]}")
+    return repr(raw)
+
+
 def _coerce(spec: Spec, raw: Any, where: str) -> Any:
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: expected {expected}, got {raw!r}")
+        return ConfigError(f"{where}: expected {expected}, got {_shown(spec, raw)}")
 
     if spec.type is bool:
         if isinstance(raw, bool):
@@ -278,7 +288,7 @@ def _coerce(spec: Spec, raw: Any, where: str) -> Any:
     if spec.check is not None:
         problem = spec.check(value)
         if problem:
-            raise ConfigError(f"{where}: {problem} (got {raw!r})")
+            raise ConfigError(f"{where}: {problem} (got {_shown(spec, raw)})")
     return value
 
 

@@ -14,7 +14,7 @@ import json
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from carbond.errors import CarbondError, DaemonUnavailableError
 
@@ -79,22 +79,19 @@ def reply_error(message: str) -> bytes:
     return encode({"v": PROTOCOL_VERSION, "ok": False, "error": message[:2000]})
 
 
-def read_line(sock: socket.socket, limit: int = MAX_MESSAGE_BYTES) -> bytes | None:
-    """One line from the socket (without the newline); None at EOF; raises past ``limit``."""
-    buf = bytearray()
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return bytes(buf) if buf else None
-        nl = chunk.find(b"\n")
-        if nl >= 0:
-            buf += chunk[:nl]
-            if len(buf) > limit:
-                raise ProtocolError(f"message exceeds the {limit}-byte limit")
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            raise ProtocolError(f"message exceeds the {limit}-byte limit")
+def read_line(fh: BinaryIO, limit: int = MAX_MESSAGE_BYTES) -> bytes | None:
+    """One line from a buffered socket file (without the newline); None at EOF.
+
+    Raises :class:`ProtocolError` for a line longer than ``limit``.
+    """
+    line = fh.readline(limit + 1)
+    if not line:
+        return None
+    if line.endswith(b"\n"):
+        return line[:-1]
+    if len(line) > limit:
+        raise ProtocolError(f"message exceeds the {limit}-byte limit")
+    return line  # EOF without a final newline
 
 
 def request(path: str, op: str, timeout_s: float = 5.0, **fields: Any) -> Any:
@@ -104,7 +101,8 @@ def request(path: str, op: str, timeout_s: float = 5.0, **fields: Any) -> Any:
             sock.settimeout(timeout_s)
             sock.connect(path)
             sock.sendall(encode({"v": PROTOCOL_VERSION, "op": op, **fields}))
-            line = read_line(sock, limit=16 * MAX_MESSAGE_BYTES)
+            with sock.makefile("rb") as fh:
+                line = read_line(fh, limit=16 * MAX_MESSAGE_BYTES)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise DaemonUnavailableError(f"no carbond daemon on {path} (start one with `carbond run`)") from exc
     except OSError as exc:

@@ -16,15 +16,15 @@ from carbond.errors import CarbondError, UsageError
 log = logging.getLogger(__name__)
 
 
-class _Handler(socketserver.BaseRequestHandler):
+class _Handler(socketserver.StreamRequestHandler):
     server: _Server
+    timeout = 30.0  # an idle client is disconnected
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.settimeout(30.0)
         while True:
             try:
-                line = ipc.read_line(sock)
+                line = ipc.read_line(self.rfile)
             except ipc.ProtocolError as exc:
                 self._send(ipc.reply_error(str(exc)))
                 return  # the rest of an oversize line cannot be resynchronised
