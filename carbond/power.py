@@ -47,6 +47,7 @@ GPU_POWER_W: tuple[tuple[str, float, float], ...] = (
     ("A100-PCIE", 35.0, 250.0),
     ("A100", 50.0, 400.0),
     ("L40S", 35.0, 350.0),
+    ("L40", 35.0, 300.0),  # before "L4", which is a substring of "L40"
     ("L4", 16.0, 72.0),
     ("A10G", 25.0, 300.0),
     ("A10", 25.0, 150.0),

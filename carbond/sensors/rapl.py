@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class Rapl:
     packages: tuple[RaplZone, ...]
     drams: tuple[RaplZone, ...]
     ignored: tuple[str, ...]  # labels of mirrored or overlapping zones left out, with why
+    # warnings already logged: the CPU and RAM sensors both check the same zones
+    _warned: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @classmethod
     def discover(cls, root: Path) -> Rapl:
@@ -89,15 +91,19 @@ class Rapl:
         return cls(root, tuple(packages.values()), tuple(drams.values()), tuple(ignored))
 
     def check_readable(self) -> bool:
-        """True when every zone reads; logs the permission hint once otherwise."""
+        """True when every zone reads; logs why not otherwise (once per ``Rapl``, however often asked)."""
         try:
             for zone in (*self.packages, *self.drams):
                 zone.read_j()
         except RaplPermissionError:
-            log.warning(PERMISSION_HINT.format(root=self.root))
+            if "permission" not in self._warned:
+                self._warned.add("permission")
+                log.warning(PERMISSION_HINT.format(root=self.root))
             return False
         except (OSError, ValueError) as exc:
-            log.warning("RAPL counters under %s cannot be read (%s); using the utilization model", self.root, exc)
+            if "unreadable" not in self._warned:
+                self._warned.add("unreadable")
+                log.warning("RAPL counters under %s cannot be read (%s); using the utilization model", self.root, exc)
             return False
         return True
 
