@@ -42,7 +42,8 @@ class DeviceEnergy:
 
 def _model_j(prev: Reading, cur: Reading, dt: float) -> float:
     model = UtilizationModel(cur.idle_w, cur.max_w)
-    u1 = cur.utilization_pct if cur.utilization_pct is not None else 0.0
+    # a reading that missed its utilization (a transient NVML error) keeps the last known one
+    u1 = next((u for u in (cur.utilization_pct, prev.utilization_pct) if u is not None), 0.0)
     u0 = prev.utilization_pct if prev.utilization_pct is not None else u1
     return trapezoid_j(model.power_w(u0), model.power_w(u1), dt)
 
@@ -55,7 +56,7 @@ def device_energy(prev: Reading, cur: Reading) -> DeviceEnergy | None:
     energy: float | None = None
     method, event = "model", ""
     if prev.counter_j is not None and cur.counter_j is not None:
-        ceiling = cur.max_w * dt * CEILING_FACTOR + CEILING_SLACK_J
+        ceiling = (cur.counter_ceiling_w or cur.max_w) * dt * CEILING_FACTOR + CEILING_SLACK_J
         delta = counter_delta(prev.counter_j, cur.counter_j, cur.counter_wrap_j, ceiling)
         energy, event = delta.energy_j, ("" if delta.event == "ok" else delta.event)
         if energy is not None:

@@ -18,6 +18,7 @@ class Reading:
     max_w: float
     counter_j: float | None = None  # cumulative hardware energy counter
     counter_wrap_j: float | None = None  # where the counter rolls over (None: never)
+    counter_ceiling_w: float | None = None  # most power the counter can plausibly show (None: max_w)
     power_w: float | None = None  # measured power
     utilization_pct: float | None = None
     memory_used_bytes: float | None = None

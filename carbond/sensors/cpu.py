@@ -15,7 +15,7 @@ from types import ModuleType
 
 from carbond.power import cpu_tdp_w
 from carbond.sensors.base import DeviceInfo, Reading
-from carbond.sensors.rapl import PERMISSION_HINT, Rapl, RaplPermissionError
+from carbond.sensors.rapl import PERMISSION_HINT, RAPL_ZONE_CEILING_W, Rapl, RaplPermissionError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class CpuSensor:
             max_w=tdp_w,
             counter_j=counter,
             counter_wrap_j=wrap,
+            counter_ceiling_w=RAPL_ZONE_CEILING_W if counter is not None else None,
             utilization_pct=util,
         )
 

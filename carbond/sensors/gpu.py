@@ -50,9 +50,17 @@ class NvmlGpus:
         try:
             nvml.nvmlInit()
             count = nvml.nvmlDeviceGetCount()
-            self._gpus = [self._probe(i) for i in range(count)]
         except nvml.NVMLError as exc:
             raise SensorError(f"NVML is not usable: {exc}") from exc
+        self._gpus = [self._probe_or_mark(i) for i in range(count)]
+
+    def _probe_or_mark(self, index: int) -> _Gpu:
+        """Probe one GPU; one that fails (lost at start) is kept as unavailable, the rest go on."""
+        try:
+            return self._probe(index)
+        except self._nvml.NVMLError as exc:
+            log.warning("gpu%d cannot be read (%s); marked unavailable, the other devices continue", index, exc)
+            return _Gpu(index, None, "unknown", f"gpu{index}", False, False, 0.0, 0.0, "none", available=False)
 
     def _probe(self, index: int) -> _Gpu:
         nvml = self._nvml

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from carbond.sensors.base import DeviceInfo, Reading
-from carbond.sensors.rapl import Rapl, RaplPermissionError
+from carbond.sensors.rapl import RAPL_ZONE_CEILING_W, Rapl, RaplPermissionError
 
 GB = 1e9
 
@@ -54,8 +54,8 @@ class MemorySensor:
             except (OSError, ValueError):
                 counter = None
             readings.append(Reading(name, "ram", model, t, share_w, share_w, counter_j=counter,
-                                    counter_wrap_j=zone.wrap_j, utilization_pct=float(vm.percent),
-                                    memory_used_bytes=float(vm.used)))
+                                    counter_wrap_j=zone.wrap_j, counter_ceiling_w=RAPL_ZONE_CEILING_W,
+                                    utilization_pct=float(vm.percent), memory_used_bytes=float(vm.used)))
         return readings
 
     def devices(self) -> list[DeviceInfo]:

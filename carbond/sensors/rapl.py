@@ -21,6 +21,12 @@ PERMISSION_HINT = (
 )
 
 
+# No CPU package or DRAM domain draws this much: a larger counter step is a glitch or a
+# reset, not energy. (The utilization model's TDP is no bound for a real counter: an
+# unknown CPU's modelled TDP can be far below what its package really draws.)
+RAPL_ZONE_CEILING_W = 1000.0
+
+
 class RaplPermissionError(PermissionError):
     pass
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from carbond.errors import StoreError, UsageError
@@ -26,21 +27,29 @@ CREATE TABLE IF NOT EXISTS series (
     UNIQUE (measurement, tags)
 );
 CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY,
     series_id INTEGER NOT NULL REFERENCES series(id),
     time_ns INTEGER NOT NULL,
-    fields TEXT NOT NULL,
-    PRIMARY KEY (series_id, time_ns)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS points_by_time ON points (time_ns);
+    fields TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS points_by_time ON points (time_ns, series_id);
 """
+# Rows are appended in time order and the unique index leads with time, so a tick's
+# commit touches the last page or two of each B-tree instead of one page per series.
 _UPSERT = (
     "INSERT INTO points (series_id, time_ns, fields) VALUES (?, ?, ?) "
-    "ON CONFLICT (series_id, time_ns) DO UPDATE SET fields = json_patch(points.fields, excluded.fields)"
+    "ON CONFLICT (time_ns, series_id) DO UPDATE SET fields = json_patch(points.fields, excluded.fields)"
 )
 
 
-def _tags_key(tags: dict[str, str] | object) -> str:
-    return json.dumps(dict(sorted(tags.items())), separators=(",", ":"))  # type: ignore[attr-defined]
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _fields_json(fields: Mapping[str, float]) -> str:
+    """JSON of a point's (finite float) fields; a fast path for plain keys."""
+    if all(_PLAIN_KEY.match(k) for k in fields):
+        return "{" + ",".join(f'"{k}":{v!r}' for k, v in fields.items()) + "}"
+    return json.dumps(dict(fields), separators=(",", ":"))
 
 
 def _ident(name: str) -> str:
@@ -52,7 +61,7 @@ class SqliteStore:
         self.path = Path(path)
         self.url = f"sqlite://{self.path}"
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], int] = {}
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         if readonly:
             if not self.path.exists():
                 raise UsageError(f"store {self.url}: no database at {self.path}")
@@ -85,12 +94,13 @@ class SqliteStore:
         return db
 
     # --- writes ---------------------------------------------------------------------------
-    def _series_id(self, measurement: str, tags_key: str) -> int:
-        key = (measurement, tags_key)
+    def _series_id(self, measurement: str, tags: Mapping[str, str]) -> int:
+        key = (measurement, tuple(sorted(tags.items())))
         sid = self._series.get(key)
         if sid is None:
-            self._db.execute("INSERT OR IGNORE INTO series (measurement, tags) VALUES (?, ?)", key)
-            sid = self._db.execute("SELECT id FROM series WHERE measurement=? AND tags=?", key).fetchone()[0]
+            row = (measurement, json.dumps(dict(key[1]), separators=(",", ":")))
+            self._db.execute("INSERT OR IGNORE INTO series (measurement, tags) VALUES (?, ?)", row)
+            sid = self._db.execute("SELECT id FROM series WHERE measurement=? AND tags=?", row).fetchone()[0]
             self._series[key] = sid
         return sid
 
@@ -99,11 +109,8 @@ class SqliteStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    rows = [
-                        (self._series_id(p.measurement, _tags_key(p.tags)), p.time_ns,
-                         json.dumps(dict(p.fields), separators=(",", ":")))
-                        for p in points if p.fields
-                    ]
+                    rows = [(self._series_id(p.measurement, p.tags), p.time_ns, _fields_json(p.fields))
+                            for p in points if p.fields]
                     self._db.executemany(_UPSERT, rows)
                     self._db.execute("COMMIT")
                 except BaseException:

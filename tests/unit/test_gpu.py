@@ -289,3 +289,16 @@ def test_close_shuts_nvml_down():
     gpus.close()
     assert not nvml.initialized
     gpus.close()  # twice is harmless
+
+
+def test_gpu_lost_before_start_leaves_the_others_running(caplog):
+    clock = FakeClock()
+    nvml = SimulatedNvml([SimGpu(0, trace=Constant(300.0)), SimGpu(1, trace=Constant(200.0))], clock=clock)
+    nvml.lose(0)
+    gpus = NvmlGpus(nvml, clock=clock)
+    assert {d.device: d.source for d in gpus.devices()} == {"gpu0": "unavailable", "gpu1": "counter"}
+    sampler = Sampler()
+    sampler.step(gpus.read())
+    out = step(clock, sampler, gpus, 2.0)
+    assert set(out) == {"gpu1"} and out["gpu1"].energy_j == pytest.approx(400.0, abs=0.002)
+    assert any("gpu0" in m and "unavailable" in m for m in warnings(caplog))

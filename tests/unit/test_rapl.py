@@ -374,3 +374,17 @@ def test_configured_tdp_overrides_the_table(tmp_path: Path):
     sensor = CpuSensor(FakePsutil(logical=128), None, tdp_w=100.0, model=EPYC, clock=FakeClock())
     [r] = sensor.read()
     assert (r.max_w, r.idle_w) == (100.0, 30.0)
+
+
+def test_unknown_cpu_counter_above_the_modelled_tdp_is_believed(tmp_path: Path):
+    # an unknown 8-thread desktop part is modelled at 8 × 5 W = 40 W; its package really draws 120 W
+    tree = PowercapTree(tmp_path)
+    tree.add_zone("intel-rapl:0", "package-0", energy_uj=1_000_000)
+    clock, sampler = FakeClock(), Sampler()
+    sensor = CpuSensor(FakePsutil(logical=8), Rapl.discover(tree.root), model="Some Future CPU", clock=clock)
+    assert sensor.tdp_w == 40.0
+    sampler.step(sensor.read())
+    tree.consume_j("intel-rapl:0", 120.0)
+    clock.advance(1.0)
+    (out,) = sampler.step(sensor.read())
+    assert out.method == "counter" and out.energy_j == pytest.approx(120.0)

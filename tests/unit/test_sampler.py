@@ -342,3 +342,14 @@ def test_property_energy_never_negative_and_host_is_the_sum(runs):
         assert host.fields["energy_j"] == sum(p.fields["energy_j"] for p in device_points)
         assert host.fields["energy_j"] >= 0.0
         assert all(type(v) is float for p in points for v in p.fields.values())
+
+
+def test_model_keeps_the_last_utilization_when_a_reading_misses_it():
+    from carbond.sampler import device_energy
+    from carbond.sensors.base import Reading
+
+    prev = Reading("gpu0", "gpu", "m", 0.0, idle_w=100.0, max_w=300.0, utilization_pct=50.0)
+    cur = Reading("gpu0", "gpu", "m", 2.0, idle_w=100.0, max_w=300.0, utilization_pct=None)
+    e = device_energy(prev, cur)
+    assert e is not None and e.method == "model"
+    assert e.energy_j == 2.0 * 200.0  # 50 % of the way from 100 to 300 W, not idle
