@@ -33,6 +33,7 @@ from carbond.store.base import Point, Store, make_point
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED_POINTS = 1_000_000  # memory bound while a store is failing
+SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching itself
 
 
 def intensity_provider(settings: Settings) -> IntensityProvider:
@@ -66,6 +67,8 @@ class Daemon:
         self._warn = Throttled(log)
         self._buffer: list[Point] = []
         self._last_mono: float | None = None
+        self._last_self_mono = float("-inf")
+        self._max_lag_s = 0.0
         self._started_mono = clock()
         self._embodied = Embodied(
             host_kg=settings.impacts.host_embodied_kg,
@@ -98,8 +101,12 @@ class Daemon:
         return Factors(i.intensity_g_per_kwh, imp.pue, imp.wue_site_l_per_kwh, imp.wue_source_l_per_kwh,
                        zone=i.zone, intensity_source=i.provider, basis=i.basis)
 
-    def tick(self) -> list[Point]:
-        """Read, measure, and write one interval. Returns the points it produced."""
+    def tick(self, final: bool = False) -> list[Point]:
+        """Read, measure, and write one interval. Returns the points it produced.
+
+        Self-metrics go out on the first tick, every SELF_METRICS_EVERY_S, and on the
+        ``final`` tick at stop; ``tick_lag_s`` is the worst lag since the previous one.
+        """
         with self._lock:
             started = time.process_time()
             readings = self._read_all()
@@ -113,11 +120,14 @@ class Daemon:
                                   n_gpus=sum(1 for d in devices if d.kind == "gpu"))
                 points = tick_points(devices, interval_s, now_ns, ctx)
                 self._account(devices, points, interval_s, ctx)
-            lag = 0.0 if self._last_mono is None else max(0.0, now_mono - self._last_mono - self.settings.daemon.interval_s)
+            if self._last_mono is not None:
+                self._max_lag_s = max(self._max_lag_s, now_mono - self._last_mono - self.settings.daemon.interval_s)
             self._last_mono = now_mono
             self.stats["ticks"] += 1
             self._buffer.extend(points)
-            self._buffer.append(self._self_point(now_ns, lag))
+            if final or now_mono - self._last_self_mono >= SELF_METRICS_EVERY_S:
+                self._buffer.append(self._self_point(now_ns, self._max_lag_s))
+                self._last_self_mono, self._max_lag_s = now_mono, 0.0
             self._flush_locked()
             self._last["tick_cpu_s"] = time.process_time() - started
             return points
@@ -206,6 +216,7 @@ class Daemon:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
+        from apscheduler.executors.debug import DebugExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
@@ -213,7 +224,9 @@ class Daemon:
 
         self._server = SocketServer(self.settings.daemon.socket, self.ops())
         self.tick()  # the baseline reading of every device
-        self._scheduler = BackgroundScheduler(timezone="UTC")
+        # The tick runs on the scheduler's own thread (DebugExecutor runs a job in place):
+        # a thread-pool hand-off would cost a second thread wake-up every tick.
+        self._scheduler = BackgroundScheduler(timezone="UTC", executors={"default": DebugExecutor()})
         self._scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.daemon.interval_s),
                                 id="tick", max_instances=1, coalesce=True, misfire_grace_time=None)
         self._scheduler.start()
@@ -221,9 +234,9 @@ class Daemon:
                  sum(len(s.devices()) for s in self.sensors), self.settings.daemon.interval_s, self.store.url,
                  self.settings.daemon.socket)
 
-    def _safe_tick(self) -> None:
+    def _safe_tick(self, final: bool = False) -> None:
         try:
-            self.tick()
+            self.tick(final)
         except Exception:  # the scheduler must keep running whatever a tick does
             log.exception("tick failed")
 
@@ -253,7 +266,7 @@ class Daemon:
         if self._server is not None:
             self._server.close()
             self._server = None
-        self._safe_tick()  # measure up to the stop
+        self._safe_tick(final=True)  # measure up to the stop
         with self._lock:
             for attempt in range(3):
                 if not self._buffer:

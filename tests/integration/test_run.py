@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 from collections import defaultdict
 
@@ -67,12 +69,16 @@ def test_sigterm_stops_cleanly_and_flushes_every_point(carbond):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
+    m = re.search(r"stopped after (\d+) ticks; (\d+) points written", err)
+    assert m, err
+    ticks, written = int(m.group(1)), int(m.group(2))
     hosts = carbond.export("host")
+    everything = carbond("export", "--store", carbond.store, check=True).stdout.splitlines()
+    assert len(hosts) == ticks - 1  # every tick after the baseline, the one at the stop included
+    assert len(everything) == written  # nothing left behind in memory
     selfm = carbond.export("carbond")
-    # every tick after the baseline wrote one host point; every tick wrote one self-metrics point
-    assert len(selfm) == len(hosts) + 1
-    assert "stopped after" in err
-    assert not __import__("os").path.exists(carbond.socket)
+    assert selfm[-1]["time_ns"] == hosts[-1]["time_ns"]  # the final tick wrote its self-metrics too
+    assert not os.path.exists(carbond.socket)
 
 
 def _status(carbond, min_ticks: int):
