@@ -1,10 +1,14 @@
-"""Wiring: sensors → sampler → impacts → points → store, on an APScheduler interval job.
+"""Wiring: sensors → sampler → impacts → points → journal → store.
 
-The daemon never stops because one sensor, provider or write failed: the failure is
-logged (rate-limited), counted in the ``carbond`` self-metrics, and retried. Points
-that could not be written stay buffered and go out with the next successful write.
-``run`` stops cleanly on SIGTERM/SIGINT or after ``duration_s``: one last tick measures
-the interval up to the stop, and every buffered point is flushed.
+Every tick (the :class:`~carbond.ticker.Ticker` thread) reads the sensors, turns the
+readings into points and appends them to the write-ahead journal — one ``write`` —
+before it returns. An APScheduler job flushes the journal into the store every
+``store.flush_interval_s`` in one batch. Nothing is lost when the store is down or the
+daemon is killed: segments stay on disk until the store has taken them and are replayed
+at the next start. One failing sensor, provider or write never stops the daemon: it is
+logged (rate-limited), counted in the ``carbond`` self-metrics, and retried. ``run``
+stops cleanly on SIGTERM/SIGINT or after ``duration_s``: one last tick measures the
+interval up to the stop, and every point is flushed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -27,13 +33,14 @@ from carbond.intensity import IntensityProvider, StaticProvider, load_table
 from carbond.intensity.table import Intensity
 from carbond.logutil import Throttled
 from carbond.sampler import DeviceEnergy, Sampler, TickContext, tick_points
-from carbond.sensors.base import Sensor
+from carbond.sensors.base import Reading, Sensor
 from carbond.store.base import Point, Store, make_point
+from carbond.store.journal import Journal, journal_dir_for, read_segment
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFERED_POINTS = 1_000_000  # memory bound while a store is failing
 SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching itself
+HOUR_NS = 3_600_000_000_000
 
 
 def intensity_provider(settings: Settings) -> IntensityProvider:
@@ -44,6 +51,15 @@ def intensity_provider(settings: Settings) -> IntensityProvider:
     return StaticProvider(row)
 
 
+@dataclass
+class _LastTick:
+    time_ns: int
+    interval_s: float
+    devices: list[DeviceEnergy]
+    host: Point
+    factors: Factors
+
+
 class Daemon:
     def __init__(
         self,
@@ -52,6 +68,7 @@ class Daemon:
         store: Store,
         provider: IntensityProvider | None = None,
         *,
+        journal_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -59,32 +76,37 @@ class Daemon:
         self.sensors = sensors
         self.store = store
         self.provider = provider or intensity_provider(settings)
+        self.journal = Journal(journal_dir or journal_dir_for(settings.store.url))
         self._clock = clock
         self._wall_ns = wall_ns
         self._sampler = Sampler()
-        self._lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._warn = Throttled(log)
-        self._buffer: list[Point] = []
         self._last_mono: float | None = None
         self._last_self_mono = float("-inf")
         self._max_lag_s = 0.0
         self._started_mono = clock()
+        self._factors_cache: tuple[int, Factors] | None = None
         self._embodied = Embodied(
             host_kg=settings.impacts.host_embodied_kg,
             host_lifetime_years=settings.impacts.host_lifetime_years,
             gpu_kg=settings.impacts.gpu_embodied_kg,
             gpu_lifetime_years=settings.impacts.gpu_lifetime_years,
         )
-        self.stats = {"ticks": 0, "write_errors": 0, "sensor_errors": 0, "dropped_points": 0, "points_written": 0}
+        self._n_gpus = sum(1 for s in sensors for d in s.devices() if d.kind == "gpu")
+        self.stats = {"ticks": 0, "write_errors": 0, "sensor_errors": 0, "dropped_points": 0,
+                      "points_written": 0, "pending_points": 0}
         self.totals = {"energy_j": 0.0, "co2_g": 0.0, "water_l": 0.0, "embodied_g": 0.0}
-        self._last: dict[str, Any] = {}
+        self._last: _LastTick | None = None
         self._scheduler: Any = None
+        self._ticker: Any = None
         self._server: Any = None
 
     # --- one tick -------------------------------------------------------------------------
-    def _read_all(self) -> list:
-        readings = []
+    def _read_all(self) -> list[Reading]:
+        readings: list[Reading] = []
         for sensor in self.sensors:
             try:
                 readings.extend(sensor.read())
@@ -94,64 +116,58 @@ class Daemon:
         return readings
 
     def _factors(self, when_ns: int) -> Factors:
+        """The factors of the hour ``when_ns`` falls in (the provider is asked once an hour)."""
+        hour = when_ns // HOUR_NS
+        cached = self._factors_cache
+        if cached is not None and cached[0] == hour:
+            return cached[1]
         from datetime import UTC, datetime
 
         i = self.provider.intensity_at(datetime.fromtimestamp(when_ns / 1e9, tz=UTC))
         imp = self.settings.impacts
-        return Factors(i.intensity_g_per_kwh, imp.pue, imp.wue_site_l_per_kwh, imp.wue_source_l_per_kwh,
-                       zone=i.zone, intensity_source=i.provider, basis=i.basis)
+        factors = Factors(i.intensity_g_per_kwh, imp.pue, imp.wue_site_l_per_kwh, imp.wue_source_l_per_kwh,
+                          zone=i.zone, intensity_source=i.provider, basis=i.basis)
+        self._factors_cache = (hour, factors)
+        return factors
 
     def tick(self, final: bool = False) -> list[Point]:
-        """Read, measure, and write one interval. Returns the points it produced.
+        """Read, measure and journal one interval. Returns the points it produced.
 
         Self-metrics go out on the first tick, every SELF_METRICS_EVERY_S, and on the
         ``final`` tick at stop; ``tick_lag_s`` is the worst lag since the previous one.
         """
-        with self._lock:
-            started = time.process_time()
+        with self._tick_lock:
             readings = self._read_all()
             now_mono = self._clock()
             now_ns = self._wall_ns()
             devices = self._sampler.step(readings)
             points: list[Point] = []
-            if self._last_mono is not None and devices:
-                interval_s = now_mono - self._last_mono
-                ctx = TickContext(self.settings.daemon.host, self._factors(now_ns), self._embodied,
-                                  n_gpus=sum(1 for d in devices if d.kind == "gpu"))
-                points = tick_points(devices, interval_s, now_ns, ctx)
-                self._account(devices, points, interval_s, ctx)
             if self._last_mono is not None:
+                if devices:
+                    interval_s = now_mono - self._last_mono
+                    factors = self._factors(now_ns)
+                    ctx = TickContext(self.settings.daemon.host, factors, self._embodied, self._n_gpus)
+                    points = tick_points(devices, interval_s, now_ns, ctx)
+                    host = points[-1]
+                    for key in self.totals:
+                        self.totals[key] += host.fields.get(key, 0.0)
+                    self._last = _LastTick(now_ns, interval_s, devices, host, factors)
                 self._max_lag_s = max(self._max_lag_s, now_mono - self._last_mono - self.settings.daemon.interval_s)
             self._last_mono = now_mono
             self.stats["ticks"] += 1
-            self._buffer.extend(points)
+            out = points
             if final or now_mono - self._last_self_mono >= SELF_METRICS_EVERY_S:
-                self._buffer.append(self._self_point(now_ns, self._max_lag_s))
+                out = [*points, self._self_point(now_ns, self._max_lag_s)]
                 self._last_self_mono, self._max_lag_s = now_mono, 0.0
-            self._flush_locked()
-            self._last["tick_cpu_s"] = time.process_time() - started
+            try:
+                self.journal.append(out)
+            except OSError as exc:
+                self.stats["write_errors"] += 1
+                self.stats["dropped_points"] += len(out)
+                log.error("journal %s refused %d points (%s): they are lost", self.journal.directory, len(out), exc)
+            else:
+                self.stats["pending_points"] += len(out)
             return points
-
-    def _account(self, devices: list[DeviceEnergy], points: list[Point], interval_s: float, ctx: TickContext) -> None:
-        host = points[-1].fields
-        for key in self.totals:
-            self.totals[key] += host.get(key, 0.0)
-        self._last = {
-            "time_ns": points[-1].time_ns,
-            "interval_s": interval_s,
-            "power_w": host["power_w"],
-            "intensity_g_per_kwh": ctx.factors.intensity_g_per_kwh,
-            "intensity_source": ctx.factors.intensity_source,
-            "basis": ctx.factors.basis,
-            "zone": ctx.factors.zone,
-            "pue": ctx.factors.pue,
-            "co2_g_per_h": host["co2_g"] / interval_s * 3600.0,
-            "devices": [
-                {"device": d.device, "kind": d.kind, "model": d.model, "source": d.source,
-                 "power_w": d.power_w, "utilization_pct": d.utilization_pct}
-                for d in devices
-            ],
-        }
 
     def _self_point(self, now_ns: int, lag_s: float) -> Point:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -159,7 +175,7 @@ class Daemon:
             "carbond",
             {"host": self.settings.daemon.host},
             {
-                "spool_points": float(len(self._buffer)),
+                "spool_points": float(self.stats["pending_points"]),
                 "dropped_points": float(self.stats["dropped_points"]),
                 "dead_letter_points": 0.0,
                 "write_errors": float(self.stats["write_errors"]),
@@ -170,27 +186,48 @@ class Daemon:
             now_ns,
         )
 
-    def _flush_locked(self) -> None:
-        if not self._buffer:
-            return
+    # --- flushing -------------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Move every closed journal segment into the store, oldest first.
+
+        Returns True when nothing is left. A failing write leaves its segment (and the
+        newer ones) on disk for the next flush.
+        """
+        with self._flush_lock:
+            for segment in self.journal.rotate():
+                points = list(read_segment(segment))
+                if points:
+                    try:
+                        self.store.write(points)
+                    except CarbondError as exc:
+                        self.stats["write_errors"] += 1
+                        self._warn.warning("store", "writing %d points to %s failed (kept in the journal, will "
+                                           "retry): %s", len(points), self.store.url, exc)
+                        return False
+                segment.unlink()
+                self.stats["points_written"] += len(points)
+                self.stats["pending_points"] = max(0, self.stats["pending_points"] - len(points))
+            return True
+
+    def _safe_flush(self) -> None:
         try:
-            self.store.write(self._buffer)
-        except CarbondError as exc:
-            self.stats["write_errors"] += 1
-            self._warn.warning("store", "writing %d points to %s failed (kept, will retry): %s",
-                               len(self._buffer), self.store.url, exc)
-            excess = len(self._buffer) - MAX_BUFFERED_POINTS
-            if excess > 0:
-                del self._buffer[:excess]
-                self.stats["dropped_points"] += excess
-                log.error("buffer full: dropped the %d oldest points (%d dropped so far)", excess,
-                          self.stats["dropped_points"])
-            return
-        self.stats["points_written"] += len(self._buffer)
-        self._buffer.clear()
+            self.flush()
+        except Exception:  # the scheduler must keep running whatever a flush does
+            log.exception("flush failed")
 
     # --- socket ops -----------------------------------------------------------------------
     def status(self, _args: dict[str, Any] | None = None) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+        if self._last is not None:
+            t, f, host = self._last, self._last.factors, self._last.host.fields
+            last = {
+                "time_ns": t.time_ns, "interval_s": t.interval_s, "power_w": host["power_w"],
+                "intensity_g_per_kwh": f.intensity_g_per_kwh, "intensity_source": f.intensity_source,
+                "basis": f.basis, "zone": f.zone, "pue": f.pue,
+                "co2_g_per_h": host["co2_g"] / t.interval_s * 3600.0,
+                "devices": [{"device": d.device, "kind": d.kind, "model": d.model, "source": d.source,
+                             "power_w": d.power_w, "utilization_pct": d.utilization_pct} for d in t.devices],
+            }
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -198,9 +235,9 @@ class Daemon:
             "store": self.store.url,
             "interval_s": self.settings.daemon.interval_s,
             "uptime_s": self._clock() - self._started_mono,
-            "last_tick": self._last,
+            "last_tick": last,
             "totals": dict(self.totals),
-            "stats": dict(self.stats, buffered_points=len(self._buffer)),
+            "stats": dict(self.stats, buffered_points=self.stats["pending_points"]),
             "runs": [],
         }
 
@@ -216,28 +253,34 @@ class Daemon:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        from apscheduler.executors.debug import DebugExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
         from carbond.server import SocketServer
+        from carbond.ticker import Ticker
 
+        leftover = self.journal.segments()
+        if leftover and not self.flush():
+            log.warning("%d journal segments from an earlier run could not be written yet; they stay in %s",
+                        len(self.journal.segments()), self.journal.directory)
+        elif leftover:
+            log.info("replayed %d points left in the journal by an earlier run", self.stats["points_written"])
         self._server = SocketServer(self.settings.daemon.socket, self.ops())
         self.tick()  # the baseline reading of every device
-        # The tick runs on the scheduler's own thread (DebugExecutor runs a job in place):
-        # a thread-pool hand-off would cost a second thread wake-up every tick.
-        self._scheduler = BackgroundScheduler(timezone="UTC", executors={"default": DebugExecutor()})
-        self._scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.daemon.interval_s),
-                                id="tick", max_instances=1, coalesce=True, misfire_grace_time=None)
+        self._ticker = Ticker(self.settings.daemon.interval_s, self._safe_tick)
+        self._ticker.start()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler.add_job(self._safe_flush, IntervalTrigger(seconds=self.settings.store.flush_interval_s),
+                                id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
         self._scheduler.start()
-        log.info("carbond %s measuring %d devices every %gs into %s; socket %s", __version__,
+        log.info("carbond %s measuring %d devices every %gs into %s (flushed every %gs); socket %s", __version__,
                  sum(len(s.devices()) for s in self.sensors), self.settings.daemon.interval_s, self.store.url,
-                 self.settings.daemon.socket)
+                 self.settings.store.flush_interval_s, self.settings.daemon.socket)
 
     def _safe_tick(self, final: bool = False) -> None:
         try:
             self.tick(final)
-        except Exception:  # the scheduler must keep running whatever a tick does
+        except Exception:  # one bad tick never ends the loop
             log.exception("tick failed")
 
     def request_stop(self, *_: Any) -> None:
@@ -260,6 +303,9 @@ class Daemon:
                 signal.signal(s, h)
 
     def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -267,15 +313,14 @@ class Daemon:
             self._server.close()
             self._server = None
         self._safe_tick(final=True)  # measure up to the stop
-        with self._lock:
-            for attempt in range(3):
-                if not self._buffer:
-                    break
-                self._flush_locked()
-                if self._buffer:
-                    time.sleep(0.5 * (attempt + 1))
-            if self._buffer:
-                log.error("stopping with %d points that could not be written to %s", len(self._buffer), self.store.url)
+        for attempt in range(3):
+            if self.flush():
+                break
+            time.sleep(0.5 * (attempt + 1))
+        else:
+            log.error("the store %s is not taking points; %d points stay in the journal %s and are written at the "
+                      "next start", self.store.url, self.stats["pending_points"], self.journal.directory)
+        self.journal.close()
         for sensor in self.sensors:
             try:
                 sensor.close()

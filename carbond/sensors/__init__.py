@@ -16,19 +16,19 @@ __all__ = ["DeviceInfo", "Reading", "Sensor", "build_sensors"]
 
 def build_sensors(settings: Settings) -> list[Sensor]:
     """The sensors this machine supports, per the settings. Never raises for missing hardware."""
-    import psutil
-
     from carbond.sensors.cpu import CpuSensor
     from carbond.sensors.memory import MemorySensor
+    from carbond.sensors.procfs import system_stats
     from carbond.sensors.rapl import Rapl
 
     cfg = settings.sensors
     rapl = Rapl.discover(Path(cfg.rapl_root))
     if rapl.ignored:
         log.info("RAPL zones left out: %s", "; ".join(rapl.ignored))
+    stats = system_stats()
     sensors: list[Sensor] = [
-        CpuSensor(psutil, rapl, tdp_w=cfg.cpu_tdp_w, idle_fraction=cfg.cpu_idle_fraction),
-        MemorySensor(psutil, rapl, w_per_gb=cfg.ram_w_per_gb),
+        CpuSensor(stats, rapl, tdp_w=cfg.cpu_tdp_w, idle_fraction=cfg.cpu_idle_fraction),
+        MemorySensor(stats, rapl, w_per_gb=cfg.ram_w_per_gb),
     ]
     gpus = _gpu_sensor(settings)
     if gpus is not None:

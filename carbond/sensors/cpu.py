@@ -1,7 +1,8 @@
 """CPU: RAPL package counters when readable, else a utilization model on the TDP.
 
-Utilization comes from ``psutil.cpu_percent(interval=None)``: the share since the
-previous call, computed from two ``/proc/stat`` readings — it never sleeps.
+Utilization comes from ``cpu_percent(interval=None)`` (``Procfs`` on Linux, psutil
+elsewhere): the share since the previous call, from two ``/proc/stat`` readings — it
+never sleeps.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 from carbond.power import cpu_tdp_w
 from carbond.sensors.base import DeviceInfo, Reading
+from carbond.sensors.procfs import SystemStats
 from carbond.sensors.rapl import PERMISSION_HINT, RAPL_ZONE_CEILING_W, Rapl, RaplPermissionError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 class CpuSensor:
     def __init__(
         self,
-        psutil: ModuleType,
+        stats: SystemStats,
         rapl: Rapl | None,
         *,
         tdp_w: float = 0.0,
@@ -41,24 +42,24 @@ class CpuSensor:
         model: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._psutil = psutil
+        self._stats = stats
         self._clock = clock
         self.model = model or cpu_model_name()
-        logical = psutil.cpu_count(logical=True) or 1
+        logical = stats.cpu_count(logical=True) or 1
         if tdp_w > 0:
             self.tdp_w, self.tdp_source = tdp_w, "configured"
         else:
             self.tdp_w, self.tdp_source = cpu_tdp_w(self.model, logical)
         self.idle_fraction = idle_fraction
         self._rapl = rapl if rapl is not None and rapl.packages and rapl.check_readable() else None
-        psutil.cpu_percent(interval=None)  # prime: the next call reports the share since now
+        stats.cpu_percent(interval=None)  # prime: the next call reports the share since now
 
     @property
     def uses_rapl(self) -> bool:
         return self._rapl is not None
 
     def read(self) -> list[Reading]:
-        util = float(self._psutil.cpu_percent(interval=None))
+        util = float(self._stats.cpu_percent(interval=None))
         rapl = self._rapl
         if rapl is None:
             return [self._reading("cpu0", self.tdp_w, util, None, None)]

@@ -102,6 +102,8 @@ class NvmlGpus:
             if gpu.has_counter:
                 counter_j = self._field(gpu, "counter", nvml.nvmlDeviceGetTotalEnergyConsumption)
                 counter_j = None if counter_j is None else counter_j / 1000.0
+            # read even with a counter: a tick whose counter delta is not believable (driver
+            # reload, glitch) falls back to the measured power instead of the model
             if gpu.has_power:
                 power_w = self._field(gpu, "power", nvml.nvmlDeviceGetPowerUsage)
                 power_w = None if power_w is None else power_w / 1000.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from types import ModuleType
 
 from carbond.sensors.base import DeviceInfo, Reading
+from carbond.sensors.procfs import SystemStats
 from carbond.sensors.rapl import RAPL_ZONE_CEILING_W, Rapl, RaplPermissionError
 
 GB = 1e9
@@ -20,15 +20,15 @@ GB = 1e9
 class MemorySensor:
     def __init__(
         self,
-        psutil: ModuleType,
+        stats: SystemStats,
         rapl: Rapl | None,
         *,
         w_per_gb: float = 0.375,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._psutil = psutil
+        self._stats = stats
         self._clock = clock
-        self.total_bytes = float(psutil.virtual_memory().total)
+        self.total_bytes = float(stats.virtual_memory().total)
         self.model_w = w_per_gb * self.total_bytes / GB
         self.w_per_gb = w_per_gb
         self._drams = rapl.drams if rapl is not None and rapl.drams and rapl.check_readable() else ()
@@ -37,7 +37,7 @@ class MemorySensor:
         return ["ram"] if len(self._drams) <= 1 else [f"ram{i}" for i in range(len(self._drams))]
 
     def read(self) -> list[Reading]:
-        vm = self._psutil.virtual_memory()
+        vm = self._stats.virtual_memory()
         t = self._clock()
         model = f"{self.total_bytes / GB:.0f} GB"
         if not self._drams:

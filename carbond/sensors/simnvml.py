@@ -247,7 +247,7 @@ class SimulatedNvml:
         gpu = self._gpu(handle, "nvmlDeviceGetPowerUsage")
         if not gpu.has_power:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
-        return int(gpu.power_now_w(self._advance(gpu)) * 1000.0)
+        return int(gpu.power_now_w(self.clock()) * 1000.0)
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int:  # noqa: N802
         return int(self._gpu(handle, "nvmlDeviceGetEnforcedPowerLimit").power_limit_w * 1000)
@@ -257,7 +257,7 @@ class SimulatedNvml:
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> _Utilization:  # noqa: N802
         gpu = self._gpu(handle, "nvmlDeviceGetUtilizationRates")
-        p = gpu.power_now_w(self._advance(gpu))
+        p = gpu.power_now_w(self.clock())
         util = round(100 * (p - gpu.idle_w) / max(gpu.power_limit_w - gpu.idle_w, 1e-9))
         util = min(max(util, 0), 100)
         return _Utilization(gpu=util, memory=util // 2)
@@ -269,7 +269,7 @@ class SimulatedNvml:
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:  # noqa: N802
         gpu = self._gpu(handle, "nvmlDeviceGetTemperature")
-        p = gpu.power_now_w(self._advance(gpu))
+        p = gpu.power_now_w(self.clock())
         return int(30 + 45 * p / gpu.power_limit_w)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[_Process]:  # noqa: N802
@@ -278,7 +278,7 @@ class SimulatedNvml:
 
     def nvmlDeviceGetProcessUtilization(self, handle: Any, last_seen_us: int) -> list[_ProcessSample]:  # noqa: N802
         gpu = self._gpu(handle, "nvmlDeviceGetProcessUtilization")
-        now_us = int(self._advance(gpu) * 1e6)
+        now_us = int(self.clock() * 1e6)
         samples = [_ProcessSample(pid, now_us, sm, mem) for pid, (sm, mem) in gpu.process_util.items()]
         if not samples or now_us <= last_seen_us:
             raise NVMLError(NVML_ERROR_NOT_FOUND)

@@ -155,3 +155,28 @@ def test_export_time_range(carbond):
     assert carbond("export", "--store", carbond.store, "--since", "-1h", check=True).stdout.count("\n") >= len(everything)
     r = carbond("export", "--store", carbond.store, "--until", "2000-01-01")
     assert r.returncode == 0 and r.stdout == "" and "no points" in r.stderr
+
+
+def test_kill_9_loses_no_tick_the_journal_is_replayed_at_the_next_start(carbond):
+    # flushes far apart: everything the first daemon measured is only in its journal when it dies
+    carbond.env["CARBOND_STORE_FLUSH_INTERVAL_S"] = "3600"
+    proc = carbond.start("run", "--store", carbond.store, "--interval", "0.2", "--socket", carbond.socket)
+    try:
+        status = wait_for(lambda: _status(carbond, min_ticks=8), timeout_s=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ticks_seen = status["stats"]["ticks"]
+    assert not carbond.db.exists() or carbond.export("host") == []  # nothing had been flushed
+    journal = carbond.tmp / "c.db.journal"
+    assert any(journal.iterdir())
+    second = carbond("run", "--store", carbond.store, "--interval", "0.2", "--duration", "0.5",
+                     "--socket", carbond.socket)
+    assert second.returncode == 0, second.stderr
+    assert "replayed" in second.stderr
+    hosts = carbond.export("host")
+    first_run = [p for p in hosts if p["time_ns"] <= status["last_tick"]["time_ns"]]
+    assert len(first_run) >= ticks_seen - 1  # every interval the status had reported is in the store
+    assert [p.name for p in journal.iterdir()] == []
