@@ -10,7 +10,10 @@ from collections import defaultdict
 
 import pytest
 
+from carbond.intensity import load_table
 from tests.conftest import wait_for
+
+DE = load_table().lookup("DE")
 
 
 def test_run_region_de_writes_host_points_with_traceable_co2(carbond):
@@ -23,7 +26,8 @@ def test_run_region_de_writes_host_points_with_traceable_co2(carbond):
         assert p["tags"]["region"] == "DE"
         assert p["tags"]["intensity_source"] == "table"
         assert f["energy_j"] > 0
-        assert f["intensity_g_per_kwh"] == 366.0  # the DE row of the bundled table
+        assert f["intensity_g_per_kwh"] == DE.intensity_g_per_kwh  # the DE row of the bundled table
+        assert p["tags"]["intensity_source"] == DE.provider
         assert f["co2_g"] == pytest.approx(f["energy_j"] / 3.6e6 * f["pue"] * f["intensity_g_per_kwh"], rel=1e-12)
         assert f["water_l"] == pytest.approx(
             f["energy_j"] / 3.6e6 * (f["wue_site_l_per_kwh"] + f["pue"] * f["wue_source_l_per_kwh"]), rel=1e-12)
@@ -95,7 +99,8 @@ def test_status_and_devices_from_a_running_daemon(carbond):
     try:
         doc = wait_for(lambda: _status(carbond, min_ticks=3), timeout_s=60)
         last = doc["last_tick"]
-        assert last["zone"] == "FR" and last["intensity_g_per_kwh"] == 57.0
+        fr = load_table().lookup("FR")
+        assert last["zone"] == "FR" and last["intensity_g_per_kwh"] == fr.intensity_g_per_kwh and last["basis"] == fr.basis
         assert {d["device"] for d in last["devices"]} >= {"gpu0", "gpu1", "cpu0", "ram"}
         assert last["power_w"] == pytest.approx(sum(d["power_w"] for d in last["devices"]), rel=1e-9)
         text = carbond("status", "--socket", carbond.socket, check=True).stdout

@@ -114,8 +114,3 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path):
 def test_readonly_open_of_missing_file(tmp_path: Path):
     with pytest.raises(UsageError, match="no database"):
         open_store(f"sqlite://{tmp_path}/none.db", readonly=True)
-
-
-def test_influx_url_is_a_clear_error_until_supported(tmp_path: Path):
-    with pytest.raises(UsageError, match="InfluxDB stores are not available"):
-        open_store("influxdb+v1://localhost:8086/carbond")
