@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
-from carbond.errors import UsageError
+from typing import TYPE_CHECKING
+
 from carbond.store.base import Point, Query, Row, Store, make_point
 from carbond.store.urls import StoreUrl, parse_store_url
+
+if TYPE_CHECKING:
+    from carbond.store.delivery import SpoolOptions
 
 __all__ = ["Point", "Query", "Row", "Store", "StoreUrl", "make_point", "open_store", "parse_store_url"]
 
 
-def open_store(url: str, *, readonly: bool = False) -> Store:
-    """Open the store a URL names. Backends are imported only when used."""
+def open_store(url: str, *, readonly: bool = False, token: str = "", spool: SpoolOptions | None = None,
+               timeout_s: float = 10.0) -> Store:
+    """Open the store a URL names. Backends are imported only when used.
+
+    ``token`` is the InfluxDB 2.x/3.x token (``[store] token`` / ``token_file``). With ``spool``,
+    an InfluxDB store gets the durable spool in front (:class:`~carbond.store.delivery.SpooledStore`:
+    ``write`` commits locally, a thread delivers, ``close`` drains); the SQLite store, already a
+    local commit, ignores it. No network I/O happens here: an unreachable server is found by
+    the first delivery, which keeps retrying.
+    """
     parsed = parse_store_url(url)
     if parsed.kind == "sqlite":
         from carbond.store.sqlite import SqliteStore
 
         return SqliteStore(parsed.path, readonly=readonly)
-    raise UsageError(
-        f"store {parsed.redacted()}: InfluxDB stores are not available in this version of carbond; "
-        "use sqlite:///ABSOLUTE/PATH.db"
-    )
+    from carbond.store.influx import InfluxStore
+
+    store = InfluxStore(parsed, token=token, timeout_s=timeout_s)
+    if spool is None or readonly:
+        return store
+    from carbond.store.delivery import SpooledStore
+
+    try:
+        return SpooledStore.open(store, spool)
+    except BaseException:
+        store.close()
+        raise
