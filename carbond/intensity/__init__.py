@@ -1,5 +1,5 @@
 """Grid carbon intensity: the bundled zone table and the provider protocol."""
 
-from carbond.intensity.table import Intensity, IntensityProvider, StaticProvider, ZoneTable, load_table
+from carbond.intensity.table import Intensity, IntensityProvider, StaticProvider, Zone, ZoneTable, load_table
 
-__all__ = ["Intensity", "IntensityProvider", "StaticProvider", "ZoneTable", "load_table"]
+__all__ = ["Intensity", "IntensityProvider", "StaticProvider", "Zone", "ZoneTable", "load_table"]
