@@ -3,8 +3,10 @@
 Pure (no I/O), so it is unit-tested on strings. The results equal the SQLite store's:
 
 - ``sum/mean/min/max/count/last`` run as one ``SELECT agg("f") AS "f" ... GROUP BY tags, time(...)``;
-- ``integral`` is per series (``GROUP BY *`` in a subquery), then summed per group — InfluxQL's
-  own ``integral()`` over a group would interpolate across series;
+- ``integral`` runs per series (``integral(f, 1s) ... GROUP BY *``; InfluxQL's ``integral()`` over
+  a group would interpolate across series), and the per-series areas are summed per group
+  here (1.6.7's subquery ``SELECT sum(...) FROM (... GROUP BY *) GROUP BY tag`` sometimes
+  returns one group as two rows);
 - ``integral`` with time buckets cannot run server-side with SQLite's rule (InfluxQL's
   windowed integral interpolates at the bucket edges, SQLite's sums only the pairs inside a
   bucket): the raw points are selected server-side (range, tags) and integrated here.
@@ -68,9 +70,8 @@ def select_statement(q: Query, rp: str = "") -> str:
         cols = ", ".join(ident(f) for f in q.fields)
         return f"SELECT {cols} FROM {src}{where} GROUP BY *"
     if q.agg == "integral":
-        inner_cols = ", ".join(f"integral({ident(f)}, 1s) AS {ident(f)}" for f in q.fields)
-        outer_cols = ", ".join(f"sum({ident(f)}) AS {ident(f)}" for f in q.fields)
-        return f"SELECT {outer_cols} FROM (SELECT {inner_cols} FROM {src}{where} GROUP BY *){_group(q)}"
+        cols = ", ".join(f"integral({ident(f)}, 1s) AS {ident(f)}" for f in q.fields)
+        return f"SELECT {cols} FROM {src}{where} GROUP BY *"
     fn = {"sum": "sum", "mean": "mean", "min": "min", "max": "max", "count": "count", "last": "last"}[q.agg]
     cols = ", ".join(f"{fn}({ident(f)}) AS {ident(f)}" for f in q.fields)
     return f"SELECT {cols} FROM {src}{where}{_group(q)}"
@@ -86,8 +87,8 @@ def _sort_key(q: Query, row: Row) -> tuple:
 
 def rows(q: Query, series: Sequence[Mapping[str, Any]]) -> list[Row]:
     """Rows from the answer to :func:`select_statement`, ordered by group keys then time."""
-    if q.agg == "integral" and q.every_s:
-        return integrate(q, series)
+    if q.agg == "integral":
+        return integrate(q, series) if q.every_s else _sum_series(q, series)
     out: list[Row] = []
     for s in series:
         tags = dict(s.get("tags") or {})
@@ -103,6 +104,23 @@ def rows(q: Query, series: Sequence[Mapping[str, Any]]) -> list[Row]:
             out.append(Row(int(by_col["time"]) if q.every_s else None, group, vals))
     if not out and q.agg == "count" and not q.group_by and not q.every_s:
         out.append(Row(None, {}, dict.fromkeys(q.fields, 0.0)))  # SQL's COUNT over nothing is 0
+    out.sort(key=lambda r: _sort_key(q, r))
+    return out
+
+
+def _sum_series(q: Query, series: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """Per-series integrals (one row per series) summed per group."""
+    sums: dict[tuple[str, ...], dict[str, float]] = {}
+    for s in series:
+        tags = dict(s.get("tags") or {})
+        acc = sums.setdefault(tuple(str(tags.get(t) or "") for t in q.group_by), {})
+        cols = list(s.get("columns", []))
+        for values in s.get("values", []):
+            for f, v in zip(cols, values, strict=False):
+                if f in q.fields and (x := _num(v)) is not None:
+                    acc[f] = acc.get(f, 0.0) + x
+    out = [Row(None, dict(zip(q.group_by, key, strict=True)), {f: vals.get(f) for f in q.fields})
+           for key, vals in sums.items() if vals]
     out.sort(key=lambda r: _sort_key(q, r))
     return out
 

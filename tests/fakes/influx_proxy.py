@@ -38,6 +38,7 @@ class FaultProxy:
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.fault: Callable[[Request], Answer | None] = lambda _req: None
         self.requests: list[Request] = []
+        self.answers: list[tuple[Request, int]] = []  # each request with the status it got
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         proxy = self
@@ -58,6 +59,8 @@ class FaultProxy:
                     proxy.counts[f"{self.command} {path}"] += 1
                 answer = proxy.fault(req) or proxy._forward(req, self.path)
                 status, headers, payload = answer
+                with proxy._lock:
+                    proxy.answers.append((req, status))
                 self.send_response(status)
                 for k, v in headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection"):

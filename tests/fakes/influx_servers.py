@@ -75,11 +75,11 @@ def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, s
 
 
 class Influxd:
-    def __init__(self, root: Path, *, auth: bool = False, max_body_size: int | None = None) -> None:
+    def __init__(self, root: Path, *, auth: bool = False, max_body_size: int | None = None, port: int | None = None) -> None:
         self.root = root
         self.auth = auth
         self.max_body_size = max_body_size
-        self.port = free_port()
+        self.port = port or free_port()
         self.rpc_port = free_port()
         self.proc: subprocess.Popen | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,8 @@ class VictoriaMetrics:
         log = root / "vm.log"
         with log.open("ab") as fh:
             self.proc = subprocess.Popen([str(binary), "-httpListenAddr", f"127.0.0.1:{self.port}", "-storageDataPath",
-                                          str(root / "data"), "-search.latencyOffset", "0s"],
+                                          str(root / "data"), "-retentionPeriod", "100y",
+                                          "-search.latencyOffset", "0s"],
                                          stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _wait(lambda: _http("GET", f"{self.base_url}/health", timeout_s=2)[0] == 200, 60, "victoria-metrics",
               self.proc, log)
