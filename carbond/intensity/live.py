@@ -143,6 +143,7 @@ class LiveProvider:
         self._wall = wall
         self.backoff = backoff or Backoff(clock=clock)
         self._hours: dict[int, tuple[float, bool]] = {}  # replaced whole on refresh: readers need no lock
+        self._memo: tuple[int, tuple[float, bool], Intensity] | None = None
         self._refresh_lock = threading.Lock()
         self._warn = Throttled(log)
         self.stats: dict[str, Any] = {"refreshes": 0, "failures": 0, "last_error": "", "last_success": None}
@@ -164,11 +165,16 @@ class LiveProvider:
         return self._hours.get(hour_of(when))
 
     def intensity_at(self, when: datetime) -> Intensity:
-        base = self.fallback.intensity_at(when)
-        found = self.value_at(when)
+        h = hour_of(when)
+        found = self._hours.get(h)
         if found is None:
-            return base
-        return self._as_intensity(base, found[0], found[1], when)
+            return self.fallback.intensity_at(when)
+        memo = self._memo
+        if memo is not None and memo[0] == h and memo[1] is found:
+            return memo[2]  # every tick of an hour gets the same object: no per-tick allocation
+        i = self._as_intensity(self.fallback.intensity_at(when), found[0], found[1], when)
+        self._memo = (h, found, i)
+        return i
 
     def _as_intensity(self, base: Intensity, value: float, is_forecast: bool, when: datetime) -> Intensity:
         note = "forecast" if is_forecast else "measured"
