@@ -193,7 +193,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("daemon", "log_level", str, "info", "logging level", check=_choice(LOG_LEVELS)),
     Spec("daemon", "simulate_gpus", int, 0, "add N simulated GPUs (demos, load tests)", (), "--simulate-gpus", check=_non_negative),
     Spec("store", "url", str, default_store_url, "where points go", ("CARBOND_STORE",), "--store", check=_store_url),
-    Spec("store", "flush_interval_s", float, 5.0, "seconds between journal flushes into the store", check=_positive),
+    Spec("store", "flush_interval_s", float, 10.0, "seconds between journal flushes into the store", check=_positive),
     Spec("store", "token", str, "", "InfluxDB v2 token", ("CARBOND_INFLUXDB_TOKEN",), secret=True),
     Spec("store", "token_file", str, "", "file holding the InfluxDB v2 token"),
     Spec("region", "zone", str, "WORLD", "grid zone for the intensity table", ("CARBOND_REGION",), "--region", check=_zone),

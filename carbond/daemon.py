@@ -17,6 +17,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from carbond.store.journal import Journal, journal_dir_for, read_segment
 
 log = logging.getLogger(__name__)
 
+HEAVY_MODULES = ("pandas", "matplotlib", "torch", "influxdb_client", "numpy")
 SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching itself
 HOUR_NS = 3_600_000_000_000
 
@@ -239,6 +241,8 @@ class Daemon:
             "totals": dict(self.totals),
             "stats": dict(self.stats, buffered_points=self.stats["pending_points"]),
             "runs": [],
+            # the promise that the daemon stays light, checkable from outside
+            "heavy_modules": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_MODULES),
         }
 
     def device_list(self, _args: dict[str, Any] | None = None) -> list[dict[str, str]]:

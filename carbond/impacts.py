@@ -15,7 +15,7 @@ J_PER_KWH = 3.6e6
 HOURS_PER_YEAR = 8766.0  # 365.25 days
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Factors:
     """The factors one interval's impacts were computed with (kept on every point)."""
 

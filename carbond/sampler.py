@@ -21,7 +21,7 @@ CEILING_FACTOR = 2.0
 CEILING_SLACK_J = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceEnergy:
     device: str
     kind: str

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     """One device, read once. Units in the names; None = not available on this device."""
 

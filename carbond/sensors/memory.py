@@ -3,6 +3,10 @@
 The model: ``P = ram_w_per_gb × installed GB``, constant (DRAM refresh and background
 power dominate; access power is second order). Default 0.375 W/GB (3 W per 8 GB
 DIMM, from Micron's DDR4 power calculator, TN-40-07). See docs/methodology.md.
+
+Memory in use does not enter the energy, so it is re-read at most every
+``usage_refresh_s`` (10 s): the tick stays cheap and the figure is still current enough
+for a dashboard.
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ class MemorySensor:
         rapl: Rapl | None,
         *,
         w_per_gb: float = 0.375,
+        usage_refresh_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stats = stats
         self._clock = clock
-        self.total_bytes = float(stats.virtual_memory().total)
+        self._usage_refresh_s = usage_refresh_s
+        vm = stats.virtual_memory()
+        self._usage = (clock(), float(vm.percent), float(vm.used))
+        self.total_bytes = float(vm.total)
+        self._model = f"{self.total_bytes / GB:.0f} GB"
         self.model_w = w_per_gb * self.total_bytes / GB
         self.w_per_gb = w_per_gb
         self._drams = rapl.drams if rapl is not None and rapl.drams and rapl.check_readable() else ()
@@ -36,13 +45,20 @@ class MemorySensor:
     def _names(self) -> list[str]:
         return ["ram"] if len(self._drams) <= 1 else [f"ram{i}" for i in range(len(self._drams))]
 
+    def _usage_now(self, t: float) -> tuple[float, float]:
+        read_at, percent, used = self._usage
+        if t - read_at >= self._usage_refresh_s:
+            vm = self._stats.virtual_memory()
+            self._usage = (t, percent, used) = (t, float(vm.percent), float(vm.used))
+        return percent, used
+
     def read(self) -> list[Reading]:
-        vm = self._stats.virtual_memory()
         t = self._clock()
-        model = f"{self.total_bytes / GB:.0f} GB"
+        percent, used = self._usage_now(t)
+        model = self._model
         if not self._drams:
             return [Reading("ram", "ram", model, t, self.model_w, self.model_w,
-                            utilization_pct=float(vm.percent), memory_used_bytes=float(vm.used))]
+                            utilization_pct=percent, memory_used_bytes=used)]
         readings = []
         share_w = self.model_w / len(self._drams)
         for name, zone in zip(self._names(), self._drams, strict=True):
@@ -55,7 +71,7 @@ class MemorySensor:
                 counter = None
             readings.append(Reading(name, "ram", model, t, share_w, share_w, counter_j=counter,
                                     counter_wrap_j=zone.wrap_j, counter_ceiling_w=RAPL_ZONE_CEILING_W,
-                                    utilization_pct=float(vm.percent), memory_used_bytes=float(vm.used)))
+                                    utilization_pct=percent, memory_used_bytes=used))
         return readings
 
     def devices(self) -> list[DeviceInfo]:

@@ -8,7 +8,7 @@ point with the same series and timestamp, so a replay never duplicates.
 
 Record: ``length (4 bytes LE) | crc32 (4 bytes LE) | payload``, the payload a
 ``marshal`` dump of ``[(measurement, tags, fields, time_ns), ...]`` with tags and fields
-as tuples of pairs (plain data: marshal executes nothing). A torn record at the end of
+as plain dicts (marshal reads back data only; it executes nothing). A torn record at the end of
 a segment (a crash mid-write) is detected by its length or CRC and ignored.
 """
 
@@ -35,9 +35,7 @@ _SUFFIX = ".seg"
 
 
 def encode_record(points: list[Point]) -> bytes:
-    payload = marshal.dumps(
-        [(p.measurement, tuple(p.tags.items()), tuple(p.fields.items()), p.time_ns) for p in points]
-    )
+    payload = marshal.dumps([(p.measurement, p.tags, p.fields, p.time_ns) for p in points])
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -57,7 +55,7 @@ def read_segment(path: Path) -> Iterator[Point]:
             log.warning("journal %s: unreadable record at byte %d; the rest is ignored", path, offset)
             return
         for m, tags, fields, t in records:
-            yield Point(m, dict(tags), dict(fields), t)
+            yield Point(m, tags, fields, t)
         offset += _HEADER.size + length
 
 

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from carbond.errors import StoreError, UsageError
@@ -45,9 +46,14 @@ _UPSERT = (
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
+@lru_cache(maxsize=4096)
+def _plain_keys(keys: tuple[str, ...]) -> bool:
+    return all(_PLAIN_KEY.match(k) for k in keys)
+
+
 def _fields_json(fields: Mapping[str, float]) -> str:
     """JSON of a point's (finite float) fields; a fast path for plain keys."""
-    if all(_PLAIN_KEY.match(k) for k in fields):
+    if _plain_keys(tuple(fields)):
         return "{" + ",".join(f'"{k}":{v!r}' for k, v in fields.items()) + "}"
     return json.dumps(dict(fields), separators=(",", ":"))
 

@@ -37,10 +37,10 @@ class FakeClock:
         self.t += dt
 
 
-def setup(*gpus: SimGpu, simulated: bool = False) -> tuple[FakeClock, SimulatedNvml, NvmlGpus]:
+def setup(*gpus: SimGpu, simulated: bool = False, slow_refresh_s: float = 10.0) -> tuple[FakeClock, SimulatedNvml, NvmlGpus]:
     clock = FakeClock()
     nvml = SimulatedNvml(list(gpus), clock=clock)
-    return clock, nvml, NvmlGpus(nvml, simulated=simulated, clock=clock)
+    return clock, nvml, NvmlGpus(nvml, simulated=simulated, clock=clock, slow_refresh_s=slow_refresh_s)
 
 
 def step(clock: FakeClock, sampler: Sampler, sensor: NvmlGpus, dt: float) -> dict:
@@ -230,7 +230,7 @@ def test_transient_counter_error_falls_back_for_one_tick_only():
 # --- errors ---------------------------------------------------------------------------------
 def test_transient_errors_on_utilization_and_temperature_leave_fields_empty(caplog):
     caplog.set_level(logging.WARNING)
-    clock, nvml, gpus = setup(SimGpu(0, trace=Constant(300.0)))
+    clock, nvml, gpus = setup(SimGpu(0, trace=Constant(300.0)), slow_refresh_s=0.0)  # temperature every tick
     sampler = Sampler()
     sampler.step(gpus.read())
     nvml.inject(0, "nvmlDeviceGetUtilizationRates", NVML_ERROR_UNKNOWN, times=2)
@@ -302,3 +302,30 @@ def test_gpu_lost_before_start_leaves_the_others_running(caplog):
     out = step(clock, sampler, gpus, 2.0)
     assert set(out) == {"gpu1"} and out["gpu1"].energy_j == pytest.approx(400.0, abs=0.002)
     assert any("gpu0" in m and "unavailable" in m for m in warnings(caplog))
+
+
+def test_memory_and_temperature_are_refreshed_every_10_s_and_carried_in_between():
+    clock, nvml, gpus = setup(SimGpu(0, trace=Constant(300.0)))
+    calls = {"mem": 0, "temp": 0}
+    real_mem, real_temp = nvml.nvmlDeviceGetMemoryInfo, nvml.nvmlDeviceGetTemperature
+
+    def mem(h):
+        calls["mem"] += 1
+        return real_mem(h)
+
+    def temp(h, s):
+        calls["temp"] += 1
+        return real_temp(h, s)
+
+    nvml.nvmlDeviceGetMemoryInfo, nvml.nvmlDeviceGetTemperature = mem, temp
+    sampler = Sampler()
+    sampler.step(gpus.read())
+    assert calls == {"mem": 1, "temp": 1}
+    nvml.gpus[0].processes = [(4242, 3 * 1024**3)]  # memory use changes
+    seen = []
+    for _ in range(12):
+        [d] = step(clock, sampler, gpus, 1.0).values()
+        seen.append(d.memory_used_bytes)
+    assert calls == {"mem": 2, "temp": 2}  # the read at 10 s, not one per tick
+    assert all(v is not None for v in seen)
+    assert seen[0] == seen[8] != seen[9] == 3 * 1024**3  # carried until the refresh at 10 s
