@@ -262,7 +262,7 @@ def cloud(t: Table, roots: dict[str, Path], pyc) -> None:
             raise SystemExit(f"{key}: grid zone {grid!r} is not in the table")
         where = (aws_names.get(next((k for k, v in aws_codes.items() if v == region), ""), "") if provider == "aws"
                  else gcp_city.get(region, "") if provider == "gcp" else "")
-        label = f"{PROVIDER_NAMES[provider]} {region}" + (f" ({where})" if where else f" ({zone_row['name']})")
+        label = f"{PROVIDER_NAMES[provider]} {region}, {where or zone_row['name']}"
         value, source = pue[provider]
         t.add(key, label, "cloud", float(zone_row["intensity_g_per_kwh"]), zone_row["basis"],
               f"grid zone {grid}: {zone_row['source']}", zone_row["license"], int(zone_row["year"]),
