@@ -7,6 +7,7 @@ a later tick. Nothing here imports urllib3: live providers load it on their firs
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ def make_provider(s: ProviderSettings, *, table: ZoneTable | None = None, http: 
         raise ConfigError(f"[intensity] marginal {s.marginal!r} is unknown; valid: '' (none), watttime")
     if not s.timeout_s > 0:
         raise ConfigError(f"[intensity] timeout_s must be greater than 0, got {s.timeout_s!r}")
+    live = s.provider in ("electricitymaps", "ukci", "watttime") or bool(s.marginal)
+    if live and http is None and importlib.util.find_spec("urllib3") is None:
+        raise ConfigError(f"[intensity] provider {s.provider or s.marginal!r} needs urllib3 for HTTP: "
+                          "pip install urllib3 (or carbond[influx], which brings it)")
     http = http or HttpClient(s.timeout_s)
     kw: dict[str, Any] = {"http": http, "clock": clock, "wall": wall}
     average: IntensityProvider
