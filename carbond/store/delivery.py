@@ -113,6 +113,7 @@ class Delivery:
         self._retry_after_s: float | None = None
         self._draining = threading.Event()
         self._halt = threading.Event()
+        self._kick = threading.Event()  # cuts a backoff wait short (stop)
         self._thread: threading.Thread | None = None
         self._warn = Throttled(log)
 
@@ -123,13 +124,19 @@ class Delivery:
             self._thread.start()
 
     def stop(self, flush_timeout_s: float = 10.0) -> bool:
-        """Deliver what can be delivered within ``flush_timeout_s``, then stop. True if the spool is empty."""
+        """Deliver what can be delivered within ``flush_timeout_s``, then stop. True if the spool is empty.
+
+        A store that is failing gets one more immediate attempt, not the whole timeout: what is
+        left stays in the spool for the next start.
+        """
         self._draining.set()
+        self._kick.set()
         self._wake()
         thread = self._thread
         if thread is not None:
             thread.join(flush_timeout_s)
             self._halt.set()
+            self._kick.set()
             self._wake()
             thread.join(60.0)  # at most one request in flight, bounded by its timeout
             self._thread = None
@@ -169,8 +176,10 @@ class Delivery:
                 continue
             if self._send(batch):
                 self._recovered()
+            elif self._draining.is_set():
+                return  # stopping: the rest waits in the spool
             else:
-                self._halt.wait(self._next_delay())
+                self._kick.wait(self._next_delay())
 
     def _next_delay(self) -> float:
         o = self.options

@@ -11,10 +11,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carbond.errors import UsageError
-from carbond.store.base import make_point
-from carbond.store.spool import ROW_OVERHEAD_BYTES, Spool
+from carbond.store.base import Point, make_point
+from carbond.store.lineprotocol import encode
+from carbond.store.spool import ROW_OVERHEAD_BYTES, LineEncoder, Spool
 
 S = 1_000_000_000
 
@@ -130,3 +133,20 @@ def test_wait_for_empty(spool):
     rows = spool.peek(2)
     spool.ack(rows[0][0], rows[-1][0])
     assert spool.wait("empty", 0.01)
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.builds(
+    Point,
+    _text,
+    st.dictionaries(_text, _text, max_size=4),
+    st.dictionaries(_text, st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+    st.integers(min_value=0, max_value=2**62),
+), max_size=5))
+def test_the_cached_encoder_writes_exactly_what_lineprotocol_writes(points):
+    encoder = LineEncoder()
+    for _ in range(2):  # cold, then from the cache
+        assert [encoder(p) for p in points] == [encode(p) for p in points]

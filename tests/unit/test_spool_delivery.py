@@ -22,6 +22,7 @@ from carbond.store.errors import (
     retry_after_s,
 )
 from carbond.store.spool import Spool
+from tests.conftest import wait_for
 
 FAST = DeliveryOptions(batch_points=10, backoff_initial_s=0.01, backoff_max_s=0.05)
 
@@ -217,11 +218,14 @@ def test_stop_drains_what_it_can_and_keeps_the_rest(tmp_path: Path):
         raise RetryableWriteError("down", reason="connection")
 
     spool.append_lines(_lines(7))
-    d = Delivery(spool, FakeSink(behaviour), options=FAST)
+    sink = FakeSink(behaviour)
+    d = Delivery(spool, sink, options=DeliveryOptions(backoff_initial_s=30, backoff_max_s=30))
     d.start()
+    wait_for(lambda: len(sink.requests) == 1)  # now in a 30 s backoff
     started = time.monotonic()
-    assert d.stop(flush_timeout_s=0.3) is False
-    assert time.monotonic() - started < 30
+    assert d.stop(flush_timeout_s=60) is False
+    assert time.monotonic() - started < 20  # one more try, then stop: not the backoff, not the whole timeout
+    assert len(sink.requests) == 2
     spool.close()
     assert len(Spool(tmp_path / "spool.db")) == 7  # nothing lost: the next start sends them
 
