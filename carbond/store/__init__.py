@@ -14,10 +14,11 @@ __all__ = ["Point", "Query", "Row", "Store", "StoreUrl", "make_point", "open_sto
 
 
 def open_store(url: str, *, readonly: bool = False, token: str = "", spool: SpoolOptions | None = None,
-               timeout_s: float = 10.0) -> Store:
+               timeout_s: float = 10.0, ca_file: str | None = None) -> Store:
     """Open the store a URL names. Backends are imported only when used.
 
-    ``token`` is the InfluxDB 2.x/3.x token (``[store] token`` / ``token_file``). With ``spool``,
+    ``token`` is the InfluxDB 2.x/3.x token (``[store] token`` / ``token_file``); ``ca_file`` a PEM
+    bundle to verify an ``https`` server with (default: the system's CAs). With ``spool``,
     an InfluxDB store gets the durable spool in front (:class:`~carbond.store.delivery.SpooledStore`:
     ``write`` commits locally, a thread delivers, ``close`` drains); the SQLite store, already a
     local commit, ignores it. No network I/O happens here: an unreachable server is found by
@@ -30,7 +31,7 @@ def open_store(url: str, *, readonly: bool = False, token: str = "", spool: Spoo
         return SqliteStore(parsed.path, readonly=readonly)
     from carbond.store.influx import InfluxStore
 
-    store = InfluxStore(parsed, token=token, timeout_s=timeout_s)
+    store = InfluxStore(parsed, token=token, timeout_s=timeout_s, ca_certs=ca_file or None)
     if spool is None or readonly:
         return store
     from carbond.store.delivery import SpooledStore

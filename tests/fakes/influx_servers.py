@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -65,8 +66,9 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, proc: subp
 def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
           timeout_s: float = 30.0) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    context = ssl._create_unverified_context() if url.startswith("https:") else None  # the harness's own checks only
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -75,8 +77,10 @@ def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, s
 
 
 class Influxd:
-    def __init__(self, root: Path, *, auth: bool = False, max_body_size: int | None = None, port: int | None = None) -> None:
+    def __init__(self, root: Path, *, auth: bool = False, max_body_size: int | None = None, port: int | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.root = root
+        self.tls = tls  # (certificate, private key), PEM
         self.auth = auth
         self.max_body_size = max_body_size
         self.port = port or free_port()
@@ -86,11 +90,12 @@ class Influxd:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def url(self, database: str, *, user: str = "", password: str = "", rp: str = "") -> str:
+    def url(self, database: str, *, user: str = "", password: str = "", rp: str = "", host: str = "127.0.0.1") -> str:
         auth = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@" if user else ""
-        return f"influxdb+v1://{auth}127.0.0.1:{self.port}/{database}" + (f"?rp={rp}" if rp else "")
+        scheme = "influxdb+v1s" if self.tls else "influxdb+v1"
+        return f"{scheme}://{auth}{host}:{self.port}/{database}" + (f"?rp={rp}" if rp else "")
 
     def _config(self) -> str:
         d = self.root
@@ -99,6 +104,8 @@ class Influxd:
             http_extra += "  auth-enabled = true\n"
         if self.max_body_size is not None:
             http_extra += f"  max-body-size = {self.max_body_size}\n"
+        if self.tls:
+            http_extra += f'  https-enabled = true\n  https-certificate = "{self.tls[0]}"\n  https-private-key = "{self.tls[1]}"\n'
         return (f'reporting-enabled = false\nbind-address = "127.0.0.1:{self.rpc_port}"\n'
                 f'[meta]\n  dir = "{d}/meta"\n[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n'
                 f'  query-log-enabled = false\n'
@@ -179,6 +186,19 @@ def influx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]
     server.start()
     yield server
     server.stop()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and 127.0.0.1 (and its key), made with ``openssl``; skips without it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    proc = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl: {proc.stderr}")
+    return cert, key
 
 
 class InfluxDb:

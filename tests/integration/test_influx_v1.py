@@ -23,6 +23,7 @@ from fakes.influx_servers import ADMIN_PASSWORD, ADMIN_USER, Influxd, free_port
 from carbond.store import open_store
 from carbond.store.base import Point, make_point
 from carbond.store.delivery import DeliveryOptions, SpooledStore, SpoolOptions, dead_letter_path_for
+from carbond.store.errors import RetryableWriteError
 from carbond.store.influx import InfluxStore
 from carbond.store.influx_init import init_influx
 from tests.conftest import wait_for
@@ -313,3 +314,19 @@ def test_store_init_is_idempotent_and_its_rollups_work(influx_server, tmp_path):
     rolled = influx_server.series('SELECT * FROM "carbond_1h"."host"', "init_test")[0]["values"]
     assert [(v[1], v[3]) for v in rolled] == [(6, 2.5), (6, 8.5)]
     store.close()
+
+
+def test_https_url_verifies_the_server_and_delivers(influxd_factory, tmp_path):
+    cert, key = influx_servers.self_signed_certificate(tmp_path)
+    server = influxd_factory(tls=(cert, key))
+    server.create_database("carbond")
+    trusted = open_store(server.url("carbond", host="localhost"), ca_file=str(cert),
+                         spool=SpoolOptions(tmp_path / "spool.db", delivery=QUICK))
+    trusted.write(tick_points(0))
+    assert trusted.wait_empty(60)
+    assert [p.time_ns for p in trusted.scan("host")] == [T0]
+    trusted.close()
+    untrusted = InfluxStore(server.url("carbond", host="localhost"))  # the system CAs do not know this certificate
+    with pytest.raises(RetryableWriteError, match=r"(?i)certificate"):
+        untrusted.write(tick_points(1))
+    untrusted.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,23 @@ def test_influxdb_client_is_imported_only_for_v2_urls():
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_v2_reads_use_influxql_over_the_v1_compatibility_api(victoria):
+    """2.x/3.x answer ``/query`` with the bucket as ``db`` and the token; VictoriaMetrics does not, so a canned answer."""
+    proxy = FaultProxy(victoria.base_url)
+    answer = {"results": [{"statement_id": 0, "series": [{"name": "host", "columns": ["time", "energy_j"],
+                                                           "values": [[0, 42.0]]}]}]}
+    proxy.fault = lambda req: (200, {"Content-Type": "application/json"}, json.dumps(answer).encode()) \
+        if req.path == "/query" else None
+    store = InfluxStore(f"influxdb+v2://127.0.0.1:{proxy.port}/carbond?org=acme", token="tok-123")
+    try:
+        from carbond.store.base import Query, Row
+
+        assert store.query(Query("host", ("energy_j",), "sum")) == [Row(None, {}, {"energy_j": 42.0})]
+        (req,) = [r for r in proxy.requests if r.path == "/query"]
+        assert req.headers["Authorization"] == "Token tok-123" and "db=carbond" in req.query and "epoch=ns" in req.query
+        assert b"SELECT+sum" in req.body
+    finally:
+        store.close()
+        proxy.close()
