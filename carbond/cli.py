@@ -94,10 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("intensity", help="grid carbon intensity of a zone, with basis, source and year")
     config_arg(i)
     i.add_argument("zone", nargs="?", metavar="ZONE", help="zone code, alpha-3 or name (default: the configured zone)")
-    i.add_argument("--at", metavar="T", help="the moment (ISO 8601 or relative); the static table is the same at any time")
+    i.add_argument("--at", metavar="T", help="the moment (ISO 8601 or relative, e.g. -3h); the configured provider "
+                   "answers for its zone, the table for any other")
     i.add_argument("--list", action="store_true", help="list every zone")
     i.add_argument("--json", action="store_true", help="print one JSON document")
     i.set_defaults(func=cmd_intensity)
+
+    f = sub.add_parser("forecast", help="the greenest start time for a job of a given length",
+                       description="Pick the start time with the lowest expected emissions for a job of --duration "
+                       "that must finish within --within, from the configured provider's forecast (GB Carbon "
+                       "Intensity, Electricity Maps, WattTime marginal, or a series CSV), and the saving against "
+                       "starting now.")
+    config_arg(f)
+    f.add_argument("--duration", metavar="D", required=True, help="job length (e.g. 90m, 6h)")
+    f.add_argument("--within", metavar="W", default="48h", help="the job must finish within this window (default 48h)")
+    f.add_argument("--zone", metavar="Z", help="zone or region the provider needs (default: the configured one)")
+    f.add_argument("--json", action="store_true", help="print one JSON document")
+    f.set_defaults(func=cmd_forecast)
 
     e = sub.add_parser("export", help="points from a store as CSV, JSON lines or line protocol")
     config_arg(e)
@@ -214,28 +227,39 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_intensity(args: argparse.Namespace) -> int:
-    from carbond.intensity import load_table
+    from carbond.intensity.commands import intensity_report, zone_list
     from carbond.timeutil import parse_time
 
-    table = load_table()
     if args.list:
-        rows = [vars(r) for r in table.rows]
+        rows, lines = zone_list()
         if args.json:
             _print_json(rows)
         else:
-            print(f"{'ZONE':8} {'NAME':24} {'gCO2e/kWh':>10} {'BASIS':10} {'YEAR':5} SOURCE")
-            for r in table.rows:
-                print(f"{r.zone:8} {r.name:24} {r.intensity_g_per_kwh:10g} {r.basis:10} {r.year:<5} {r.source}")
+            print("\n".join(lines))
         return 0
+    from carbond.daemon import provider_settings
+
     at = parse_time(args.at, name="--at") if args.at else None
-    zone = args.zone or _settings(args).settings.region.zone
-    row = table.lookup(zone)
-    doc = {**vars(row), "at": at.isoformat() if at else None}
+    doc, line = intensity_report(provider_settings(_settings(args).settings), args.zone, at)
     if args.json:
         _print_json(doc)
     else:
-        print(f"{row.zone} ({row.name}): {row.intensity_g_per_kwh:g} gCO2e/kWh, {row.basis} basis, "
-              f"{row.source}, {row.year} [{row.provider}]")
+        print(line)
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from carbond.daemon import provider_settings
+    from carbond.intensity.commands import forecast_report
+    from carbond.timeutil import parse_duration_s
+
+    duration_s = parse_duration_s(args.duration, name="--duration")
+    within_s = parse_duration_s(args.within, name="--within")
+    doc, lines = forecast_report(provider_settings(_settings(args).settings), duration_s, within_s, zone=args.zone)
+    if args.json:
+        _print_json(doc)
+    else:
+        print("\n".join(lines))
     return 0
 
 

@@ -49,6 +49,24 @@ class RegionSettings:
 
 
 @dataclass(frozen=True)
+class IntensitySettings:
+    provider: str
+    zone: str
+    series_file: str
+    series_basis: str
+    api_url: str
+    token: str
+    emission_factor_type: str
+    marginal: str
+    marginal_zone: str
+    watttime_username: str
+    watttime_password: str
+    marginal_api_url: str
+    timeout_s: float
+    refresh_s: float
+
+
+@dataclass(frozen=True)
 class ImpactSettings:
     pue: float
     wue_site_l_per_kwh: float
@@ -78,6 +96,7 @@ class Settings:
     daemon: DaemonSettings
     store: StoreSettings
     region: RegionSettings
+    intensity: IntensitySettings
     impacts: ImpactSettings
     sensors: SensorSettings
     attribution: AttributionSettings
@@ -87,6 +106,7 @@ SECTIONS: dict[str, type] = {
     "daemon": DaemonSettings,
     "store": StoreSettings,
     "region": RegionSettings,
+    "intensity": IntensitySettings,
     "impacts": ImpactSettings,
     "sensors": SensorSettings,
     "attribution": AttributionSettings,
@@ -130,8 +150,8 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be 0 or greater"
 
 
-def _at_least_one(v: float) -> str | None:
-    return None if v >= 1 else "must be 1.0 or greater (1.0 = no facility overhead)"
+def _auto_or_at_least_one(v: float) -> str | None:
+    return None if v == 0 or v >= 1 else "must be 0 (from the zone) or 1.0 or greater (1.0 = no facility overhead)"
 
 
 def _fraction(v: float) -> str | None:
@@ -198,11 +218,31 @@ SPECS: tuple[Spec, ...] = (
     Spec("store", "token_file", str, "", "file holding the InfluxDB v2 token"),
     Spec("region", "zone", str, "WORLD", "grid zone for the intensity table", ("CARBOND_REGION",), "--region", check=_zone),
     Spec("region", "intensity_g_per_kwh", float, 0.0, "fixed intensity overriding the table (0 = table)", check=_non_negative),
-    Spec("impacts", "pue", float, 1.56, "power usage effectiveness of the facility", (), "--pue", check=_at_least_one),
+    Spec("intensity", "provider", str, "table", "where intensity comes from: table, series, electricitymaps, ukci, watttime",
+         check=_choice(("table", "series", "electricitymaps", "ukci", "watttime"))),
+    Spec("intensity", "zone", str, "", "the provider's own zone id (empty: from [region] zone)"),
+    Spec("intensity", "series_file", str, "", "CSV of timestamped intensities for the series provider"),
+    Spec("intensity", "series_basis", str, "lifecycle", "basis of the series file's values",
+         check=_choice(("lifecycle", "direct"))),
+    Spec("intensity", "api_url", str, "", "base URL override for the provider's API"),
+    Spec("intensity", "token", str, "", "Electricity Maps auth-token", ("CARBOND_ELECTRICITYMAPS_TOKEN",), secret=True),
+    Spec("intensity", "emission_factor_type", str, "lifecycle", "Electricity Maps emission factor type",
+         check=_choice(("lifecycle", "direct"))),
+    Spec("intensity", "marginal", str, "", "marginal intensity provider: empty or watttime", check=_choice(("", "watttime"))),
+    Spec("intensity", "marginal_zone", str, "", "WattTime region, e.g. CAISO_NORTH"),
+    Spec("intensity", "watttime_username", str, "", "WattTime user name", ("CARBOND_WATTTIME_USERNAME",)),
+    Spec("intensity", "watttime_password", str, "", "WattTime password", ("CARBOND_WATTTIME_PASSWORD",), secret=True),
+    Spec("intensity", "marginal_api_url", str, "", "base URL override for WattTime"),
+    Spec("intensity", "timeout_s", float, 10.0, "timeout of one provider HTTP request", check=_positive),
+    Spec("intensity", "refresh_s", float, 300.0, "seconds between provider refreshes", check=_positive),
+    Spec("impacts", "pue", float, 0.0, "power usage effectiveness (0: the cloud region's published PUE, else 1.56)",
+         (), "--pue", check=_auto_or_at_least_one),
     Spec("impacts", "wue_site_l_per_kwh", float, 1.8, "on-site water use per IT kWh", check=_non_negative),
-    Spec("impacts", "wue_source_l_per_kwh", float, 3.1, "water consumed per kWh generated", check=_non_negative),
-    Spec("impacts", "gpu_embodied_kg", float, 150.0, "embodied kgCO2e per GPU", check=_non_negative),
-    Spec("impacts", "gpu_lifetime_years", float, 6.0, "years a GPU is in service", check=_positive),
+    Spec("impacts", "wue_source_l_per_kwh", float, 0.0, "water consumed per kWh generated (0: the zone's country figure)",
+         check=_non_negative),
+    Spec("impacts", "gpu_embodied_kg", float, 0.0, "embodied kgCO2e per GPU (0: by GPU model)", check=_non_negative),
+    Spec("impacts", "gpu_lifetime_years", float, 0.0, "years a GPU is in service (0: with the GPU model's figure)",
+         check=_non_negative),
     Spec("impacts", "host_embodied_kg", float, 2500.0, "embodied kgCO2e of the server without GPUs", check=_non_negative),
     Spec("impacts", "host_lifetime_years", float, 6.0, "years the server is in service", check=_positive),
     Spec("sensors", "nvml", bool, True, "read NVIDIA GPUs through NVML"),

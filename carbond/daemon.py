@@ -29,9 +29,9 @@ from typing import Any
 from carbond import __version__, ipc
 from carbond.config import Settings
 from carbond.errors import CarbondError
+from carbond.factors import ImpactFactors, resolve_impact_factors
 from carbond.impacts import Embodied, Factors
-from carbond.intensity import IntensityProvider, StaticProvider, load_table
-from carbond.intensity.table import Intensity
+from carbond.intensity import IntensityProvider, ProviderSettings, make_provider
 from carbond.logutil import Throttled
 from carbond.sampler import DeviceEnergy, Sampler, TickContext, tick_points
 from carbond.sensors.base import Reading, Sensor
@@ -45,12 +45,20 @@ SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching 
 HOUR_NS = 3_600_000_000_000
 
 
+def provider_settings(settings: Settings) -> ProviderSettings:
+    i = settings.intensity
+    return ProviderSettings(
+        zone=settings.region.zone, intensity_g_per_kwh=settings.region.intensity_g_per_kwh, provider=i.provider,
+        provider_zone=i.zone, series_file=i.series_file, series_basis=i.series_basis, api_url=i.api_url,
+        token=i.token, emission_factor_type=i.emission_factor_type, marginal=i.marginal, marginal_zone=i.marginal_zone,
+        watttime_username=i.watttime_username, watttime_password=i.watttime_password,
+        marginal_api_url=i.marginal_api_url, timeout_s=i.timeout_s,
+    )
+
+
 def intensity_provider(settings: Settings) -> IntensityProvider:
-    row = load_table().lookup(settings.region.zone)
-    override = settings.region.intensity_g_per_kwh
-    if override > 0:
-        row = Intensity(row.zone, row.name, override, "configured", "region.intensity_g_per_kwh", 0, "config")
-    return StaticProvider(row)
+    """The configured provider; bad configuration raises ConfigError here, at start."""
+    return make_provider(provider_settings(settings))
 
 
 @dataclass
@@ -91,13 +99,16 @@ class Daemon:
         self._max_lag_s = 0.0
         self._started_mono = clock()
         self._factors_cache: tuple[int, Factors] | None = None
+        gpu_models = [d.model for s in sensors for d in s.devices() if d.kind == "gpu"]
+        self.factors: ImpactFactors = resolve_impact_factors(settings.impacts, settings.region.zone, gpu_models)
+        gpu_kg, gpu_years = self.factors.gpus_as_one()
         self._embodied = Embodied(
-            host_kg=settings.impacts.host_embodied_kg,
-            host_lifetime_years=settings.impacts.host_lifetime_years,
-            gpu_kg=settings.impacts.gpu_embodied_kg,
-            gpu_lifetime_years=settings.impacts.gpu_lifetime_years,
+            host_kg=self.factors.host_embodied.embodied_kg,
+            host_lifetime_years=self.factors.host_embodied.lifetime_years,
+            gpu_kg=gpu_kg,
+            gpu_lifetime_years=gpu_years,
         )
-        self._n_gpus = sum(1 for s in sensors for d in s.devices() if d.kind == "gpu")
+        self._n_gpus = len(gpu_models)
         self.stats = {"ticks": 0, "write_errors": 0, "sensor_errors": 0, "dropped_points": 0,
                       "points_written": 0, "pending_points": 0}
         self.totals = {"energy_j": 0.0, "co2_g": 0.0, "water_l": 0.0, "embodied_g": 0.0}
@@ -126,9 +137,9 @@ class Daemon:
         from datetime import UTC, datetime
 
         i = self.provider.intensity_at(datetime.fromtimestamp(when_ns / 1e9, tz=UTC))
-        imp = self.settings.impacts
-        factors = Factors(i.intensity_g_per_kwh, imp.pue, imp.wue_site_l_per_kwh, imp.wue_source_l_per_kwh,
-                          zone=i.zone, intensity_source=i.provider, basis=i.basis)
+        f = self.factors
+        factors = Factors(i.intensity_g_per_kwh, f.pue.value, f.wue_site_l_per_kwh.value, f.wue_source_l_per_kwh.value,
+                          zone=i.zone, intensity_source=i.provider, basis=i.basis, marginal_g_per_kwh=i.marginal_g_per_kwh)
         self._factors_cache = (hour, factors)
         return factors
 
@@ -211,6 +222,17 @@ class Daemon:
                 self.stats["pending_points"] = max(0, self.stats["pending_points"] - len(points))
             return True
 
+    def refresh_intensity(self) -> None:
+        """Run the provider's network refresh (off the tick thread); the next tick sees its values."""
+        refresh = getattr(self.provider, "refresh", None)
+        if refresh is None:
+            return
+        try:
+            refresh()
+        except Exception as exc:  # a provider failure never stops the daemon: the table answers
+            self._warn.warning("intensity", "intensity refresh failed: %s", exc)
+        self._factors_cache = None
+
     def _safe_flush(self) -> None:
         try:
             self.flush()
@@ -240,6 +262,9 @@ class Daemon:
             "last_tick": last,
             "totals": dict(self.totals),
             "stats": dict(self.stats, buffered_points=self.stats["pending_points"]),
+            "factors": self.factors.as_dict(),
+            "intensity_provider": (self.provider.status() if hasattr(self.provider, "status")
+                                   else {"provider": self.settings.intensity.provider}),
             "runs": [],
             # the promise that the daemon stays light, checkable from outside
             "heavy_modules": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_MODULES),
@@ -276,6 +301,12 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_job(self._safe_flush, IntervalTrigger(seconds=self.settings.store.flush_interval_s),
                                 id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
+        if hasattr(self.provider, "refresh"):
+            from datetime import UTC, datetime
+
+            self._scheduler.add_job(self.refresh_intensity, IntervalTrigger(seconds=self.settings.intensity.refresh_s),
+                                    id="intensity-refresh", max_instances=1, coalesce=True, misfire_grace_time=None,
+                                    next_run_time=datetime.now(UTC))
         self._scheduler.start()
         log.info("carbond %s measuring %d devices every %gs into %s (flushed every %gs); socket %s", __version__,
                  sum(len(s.devices()) for s in self.sensors), self.settings.daemon.interval_s, self.store.url,
@@ -325,6 +356,9 @@ class Daemon:
             log.error("the store %s is not taking points; %d points stay in the journal %s and are written at the "
                       "next start", self.store.url, self.stats["pending_points"], self.journal.directory)
         self.journal.close()
+        close = getattr(self.provider, "close", None)
+        if close is not None:
+            close()
         for sensor in self.sensors:
             try:
                 sensor.close()

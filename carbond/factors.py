@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from carbond.intensity.table import ZoneTable, load_table
 
@@ -132,3 +133,63 @@ def server_embodied(kind: str = "default") -> EmbodiedSpec:
         from carbond.errors import UsageError
 
         raise UsageError(f"unknown server class {kind!r}; valid: {', '.join(SERVER_EMBODIED)}") from None
+
+
+# --- the factors a daemon runs with -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImpactFactors:
+    """Every factor behind co2, water and embodied, each with where it came from."""
+
+    pue: Sourced
+    wue_site_l_per_kwh: Sourced
+    wue_source_l_per_kwh: Sourced
+    host_embodied: EmbodiedSpec
+    gpu_embodied: tuple[EmbodiedSpec, ...]  # one per GPU
+
+    def gpus_as_one(self) -> tuple[float, float]:
+        """(mean kgCO2e, lifetime years) that give the same g/s as the GPUs' own figures."""
+        if not self.gpu_embodied:
+            return 0.0, 1.0
+        total_kg = sum(g.embodied_kg for g in self.gpu_embodied)
+        rate = sum(g.embodied_kg / g.lifetime_years for g in self.gpu_embodied)
+        return total_kg / len(self.gpu_embodied), (total_kg / rate if rate > 0 else 1.0)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pue": vars(self.pue), "wue_site_l_per_kwh": vars(self.wue_site_l_per_kwh),
+            "wue_source_l_per_kwh": vars(self.wue_source_l_per_kwh), "host_embodied": vars(self.host_embodied),
+            "gpu_embodied": [vars(g) for g in self.gpu_embodied],
+        }
+
+
+def resolve_impact_factors(impacts: Any, zone: str, gpu_models: list[str]) -> ImpactFactors:
+    """Configured values where set (non-zero), else the zone's and the hardware's cited defaults."""
+    defaults = zone_factors(zone)
+
+    def pick(value: float, key: str, default: Sourced) -> Sourced:
+        return Sourced(value, f"configured: [impacts] {key}") if value > 0 else default
+
+    gpus = []
+    for model in gpu_models:
+        spec = gpu_embodied(model)
+        if impacts.gpu_embodied_kg > 0 or impacts.gpu_lifetime_years > 0:
+            spec = EmbodiedSpec(model, impacts.gpu_embodied_kg or spec.embodied_kg,
+                                impacts.gpu_lifetime_years or spec.lifetime_years,
+                                f"configured: [impacts] gpu_embodied_kg/gpu_lifetime_years (else {spec.source})")
+        gpus.append(spec)
+    base = server_embodied()
+    host = base
+    if (impacts.host_embodied_kg, impacts.host_lifetime_years) != (base.embodied_kg, base.lifetime_years):
+        host = EmbodiedSpec("server (configured)", impacts.host_embodied_kg, impacts.host_lifetime_years,
+                            "configured: [impacts] host_embodied_kg/host_lifetime_years")
+    return ImpactFactors(
+        pue=pick(impacts.pue, "pue", defaults.pue),
+        wue_site_l_per_kwh=Sourced(impacts.wue_site_l_per_kwh, defaults.wue_site_l_per_kwh.source
+                                   if impacts.wue_site_l_per_kwh == defaults.wue_site_l_per_kwh.value
+                                   else "configured: [impacts] wue_site_l_per_kwh"),
+        wue_source_l_per_kwh=pick(impacts.wue_source_l_per_kwh, "wue_source_l_per_kwh", defaults.wue_source_l_per_kwh),
+        host_embodied=host,
+        gpu_embodied=tuple(gpus),
+    )

@@ -26,6 +26,7 @@ class Factors:
     zone: str = "WORLD"
     intensity_source: str = "table"  # which provider gave the intensity
     basis: str = "lifecycle"
+    marginal_g_per_kwh: float | None = None  # a marginal rate (WattTime): stored, never used for co2_g
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def tick_points(devices: list[DeviceEnergy], interval_s: float, time_ns: int, ct
     points.append(
         make_point(
             "host",
-            {"host": ctx.host, "region": f.zone, "intensity_source": f.intensity_source},
+            {"host": ctx.host, "region": f.zone, "intensity_source": f.intensity_source, "basis": f.basis},
             {
                 "power_w": sum(d.power_w for d in devices),
                 "energy_j": energy_j,
@@ -147,6 +147,7 @@ def tick_points(devices: list[DeviceEnergy], interval_s: float, time_ns: int, ct
                 "co2_g": impact.co2_g,
                 "water_l": impact.water_l,
                 "embodied_g": embodied_g(interval_s, ctx.n_gpus, ctx.embodied),
+                "marginal_g_per_kwh": f.marginal_g_per_kwh,
             },
             time_ns,
         )

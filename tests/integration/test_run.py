@@ -147,7 +147,7 @@ def test_export_formats_agree(carbond, fmt):
     elif fmt == "lp":
         assert len(lines) == len(jsonl)
         for line, p in zip(lines, jsonl, strict=True):
-            assert line.startswith("host,host=")
+            assert line.startswith("host,basis=")
             assert line.endswith(f" {p['time_ns']}")
             assert f"energy_j={p['fields']['energy_j']!r}" in line or f"energy_j={p['fields']['energy_j']:.0f}" in line
     else:

@@ -45,7 +45,7 @@ def test_int_in_toml_is_a_float_setting_but_bool_is_not(tmp_path: Path):
     ("body", "message"),
     [
         ("[daemon]\ninterval_s = 0\n", "must be greater than 0"),
-        ("[impacts]\npue = 0.9\n", "must be 1.0 or greater"),
+        ("[impacts]\npue = 0.9\n", "must be 0 .from the zone. or 1.0 or greater"),
         ("[attribution]\nidle_policy = 'fair'\n", "must be one of proportional, unattributed"),
         ("[sensors]\nnvml = 'maybe'\n", "expected true or false"),
         ("[daemon]\nsimulate_gpus = 1.5\n", "expected an integer"),

@@ -217,7 +217,8 @@ def test_tick_points_impacts():
     points = tick_points([energy("gpu0", "gpu", 2.0e6, 1800.0), energy("cpu0", "cpu", 1.6e6, 1800.0)], 1800.0, 0, ctx(2))
     host = points[-1]
     assert host.measurement == "host"
-    assert host.tags == {"host": "node-1", "region": "DE", "intensity_source": "table"}
+    assert host.tags == {"host": "node-1", "region": "DE", "intensity_source": "table", "basis": "lifecycle"}
+    assert "marginal_g_per_kwh" not in host.fields  # no marginal provider: no field, never a 0
     f = host.fields
     assert f["energy_j"] == pytest.approx(3.6e6)
     assert f["co2_g"] == pytest.approx(1.0 * 1.4 * 366.0)  # kWh × PUE × intensity = 512.4
@@ -353,3 +354,13 @@ def test_model_keeps_the_last_utilization_when_a_reading_misses_it():
     e = device_energy(prev, cur)
     assert e is not None and e.method == "model"
     assert e.energy_j == 2.0 * 200.0  # 50 % of the way from 100 to 300 W, not idle
+
+
+def test_marginal_intensity_is_stored_beside_but_never_used_for_co2():
+    from dataclasses import replace
+
+    c = ctx(1)
+    c = TickContext(c.host, replace(c.factors, marginal_g_per_kwh=900.0), c.embodied, c.n_gpus)
+    host = tick_points([energy("gpu0", "gpu", 3.6e6, 3600.0)], 3600.0, 0, c)[-1]
+    assert host.fields["marginal_g_per_kwh"] == 900.0
+    assert host.fields["co2_g"] == pytest.approx(1.0 * host.fields["pue"] * host.fields["intensity_g_per_kwh"])
