@@ -174,7 +174,13 @@ class Delivery:
                     self.spool.changed.wait_for(lambda: len(self.spool) > 0 or self._draining.is_set()
                                                 or self._halt.is_set(), timeout=5.0)
                 continue
-            if self._send(batch):
+            try:
+                sent = self._send(batch)
+            except Exception as exc:  # e.g. the spool's disk failed on ack: the batch is sent again (idempotent)
+                self._warn.log(logging.ERROR, "loop", "delivery from %s: %s (retrying)", self.spool.path, exc)
+                self._failures += 1
+                sent = False
+            if sent:
                 self._recovered()
             elif self._draining.is_set():
                 return  # stopping: the rest waits in the spool
