@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", metavar="S", type=_duration, help="stop after this long (e.g. 30, 15m, 2h)")
     r.add_argument("--socket", metavar="PATH", help="Unix socket for status and job messages")
     r.add_argument("--simulate-gpus", metavar="N", type=int, help="add N simulated GPUs (source=simulated)")
-    r.add_argument("--pue", metavar="X", type=float, help="facility PUE (default 1.56)")
+    r.add_argument("--pue", metavar="X", type=float, help="facility PUE (default: the cloud region's published PUE, else 1.56)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="live power, intensity and active runs from the daemon")
@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="PATH", help="write to a file instead of stdout")
     e.set_defaults(func=cmd_export)
 
+    st = sub.add_parser("store", help="store tools")
+    stsub = st.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True, parser_class=_Parser)
+    si = stsub.add_parser("init", help="create the database, retention policies and hourly rollups (InfluxDB 1.x)",
+                          description="InfluxDB 1.x: create the database if missing, its raw retention policy "
+                          "(--raw-duration), a carbond_1h retention policy and one hourly continuous query per "
+                          "measurement. Idempotent; never shortens an existing retention policy without --force. "
+                          "SQLite needs nothing; InfluxDB 2.x/3.x buckets are created in InfluxDB itself.")
+    config_arg(si)
+    si.add_argument("--store", metavar="URL", help="store to initialise (default: the configured store)")
+    si.add_argument("--raw-duration", default="30d", metavar="D", help="how long raw points are kept (default 30d)")
+    si.add_argument("--rollup-duration", default="INF", metavar="D", help="how long hourly rollups are kept (default INF)")
+    si.add_argument("--force", action="store_true", help="allow shortening an existing retention policy")
+    si.set_defaults(func=cmd_store_init)
+
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True, parser_class=_Parser)
     cc = csub.add_parser("check", help="validate the config and print every effective setting and its origin",
@@ -145,7 +159,7 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from carbond.daemon import Daemon
     from carbond.sensors import build_sensors
-    from carbond.store import open_store
+    from carbond.store import open_configured_store
 
     resolved = _settings(args, **{
         "store.url": args.store, "region.zone": args.region, "daemon.interval_s": args.interval,
@@ -153,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     })
     settings = resolved.settings
     _set_level(settings.daemon.log_level, args.verbose)
-    store = open_store(settings.store.url)
+    store = open_configured_store(settings.store)
     try:
         sensors = build_sensors(settings)
         daemon = Daemon(settings, sensors, store)
@@ -265,7 +279,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from carbond.export import export
-    from carbond.store import open_store
+    from carbond.store import open_configured_store
     from carbond.store.base import MEASUREMENTS
     from carbond.timeutil import parse_time, to_ns
 
@@ -273,8 +287,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--measurement {args.measurement!r} is not one of {', '.join(MEASUREMENTS)}")
     since = to_ns(parse_time(args.since, name="--since")) if args.since else None
     until = to_ns(parse_time(args.until, name="--until")) if args.until else None
-    url = _settings(args, **{"store.url": args.store}).settings.store.url
-    store = open_store(url, readonly=True)
+    store = open_configured_store(_settings(args, **{"store.url": args.store}).settings.store, readonly=True)
     try:
         if args.out:
             try:
@@ -288,6 +301,29 @@ def cmd_export(args: argparse.Namespace) -> int:
             n = export(store, sys.stdout, args.format, args.measurement, since, until)
         if n == 0:
             print(f"carbond: no points in {store.url} for that selection", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_store_init(args: argparse.Namespace) -> int:
+    from carbond.store import open_configured_store, parse_store_url
+
+    settings = _settings(args, **{"store.url": args.store}).settings
+    parsed = parse_store_url(settings.store.url)
+    if parsed.kind == "sqlite":
+        from carbond.store.sqlite import SqliteStore
+
+        SqliteStore(parsed.path).close()  # creates the file and its schema
+        print(f"{parsed.redacted()}: SQLite store ready (schema, WAL); nothing else to create")
+        return 0
+    from carbond.store.influx_init import init_influx
+
+    store = open_configured_store(settings.store, readonly=True)
+    try:
+        for line in init_influx(store, raw_duration=args.raw_duration, rollup_duration=args.rollup_duration,
+                                every="1h", resample_for="6h", force=args.force):
+            print(line)
     finally:
         store.close()
     return 0

@@ -40,6 +40,12 @@ class StoreSettings:
     flush_interval_s: float
     token: str
     token_file: str
+    timeout_s: float
+    ca_file: str
+    spool_path: str
+    spool_max_bytes: int
+    create_database: bool
+    drain_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("store", "flush_interval_s", float, 10.0, "seconds between journal flushes into the store", check=_positive),
     Spec("store", "token", str, "", "InfluxDB v2 token", ("CARBOND_INFLUXDB_TOKEN",), secret=True),
     Spec("store", "token_file", str, "", "file holding the InfluxDB v2 token"),
+    Spec("store", "timeout_s", float, 10.0, "timeout of one InfluxDB request", check=_positive),
+    Spec("store", "ca_file", str, "", "PEM bundle to verify an https InfluxDB with (empty: the system's CAs)"),
+    Spec("store", "spool_path", str, "", "durable spool in front of InfluxDB (empty: STATE_DIR/spool/<url key>.db)"),
+    Spec("store", "spool_max_bytes", int, 268435456, "disk budget of the spool; past it the oldest points are dropped",
+         check=_positive),
+    Spec("store", "create_database", bool, False, "create the InfluxDB database when a write finds it missing (404)"),
+    Spec("store", "drain_timeout_s", float, 10.0, "at stop, how long delivery may try to empty the spool", check=_positive),
     Spec("region", "zone", str, "WORLD", "grid zone for the intensity table", ("CARBOND_REGION",), "--region", check=_zone),
     Spec("region", "intensity_g_per_kwh", float, 0.0, "fixed intensity overriding the table (0 = table)", check=_non_negative),
     Spec("intensity", "provider", str, "table", "where intensity comes from: table, series, electricitymaps, ukci, watttime",

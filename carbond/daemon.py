@@ -184,20 +184,26 @@ class Daemon:
 
     def _self_point(self, now_ns: int, lag_s: float) -> Point:
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        delivery = self.delivery_counters()
         return make_point(
             "carbond",
             {"host": self.settings.daemon.host},
             {
-                "spool_points": float(self.stats["pending_points"]),
-                "dropped_points": float(self.stats["dropped_points"]),
-                "dead_letter_points": 0.0,
-                "write_errors": float(self.stats["write_errors"]),
+                "spool_points": float(self.stats["pending_points"] + delivery.get("spool_points", 0)),
+                "dropped_points": float(self.stats["dropped_points"] + delivery.get("dropped_points", 0)),
+                "dead_letter_points": float(delivery.get("dead_letter_points", 0)),
+                "write_errors": float(self.stats["write_errors"] + delivery.get("write_errors", 0)),
                 "tick_lag_s": lag_s,
                 "cpu_s": usage.ru_utime + usage.ru_stime,
                 "rss_bytes": float(_rss_bytes()),
             },
             now_ns,
         )
+
+    def delivery_counters(self) -> dict[str, int]:
+        """The spool's counters when the store delivers through one (InfluxDB), else nothing."""
+        counters = getattr(self.store, "counters", None)
+        return vars(counters()) if counters is not None else {}
 
     # --- flushing -------------------------------------------------------------------------
     def flush(self) -> bool:
@@ -262,6 +268,7 @@ class Daemon:
             "last_tick": last,
             "totals": dict(self.totals),
             "stats": dict(self.stats, buffered_points=self.stats["pending_points"]),
+            "delivery": self.delivery_counters(),
             "factors": self.factors.as_dict(),
             "intensity_provider": (self.provider.status() if hasattr(self.provider, "status")
                                    else {"provider": self.settings.intensity.provider}),
@@ -288,12 +295,13 @@ class Daemon:
         from carbond.server import SocketServer
         from carbond.ticker import Ticker
 
-        leftover = self.journal.segments()
+        leftover = [p for p in self.journal.segments() if p.stat().st_size > 0]
         if leftover and not self.flush():
             log.warning("%d journal segments from an earlier run could not be written yet; they stay in %s",
                         len(self.journal.segments()), self.journal.directory)
         elif leftover:
             log.info("replayed %d points left in the journal by an earlier run", self.stats["points_written"])
+            self.stats["points_written"] = 0
         self._server = SocketServer(self.settings.daemon.socket, self.ops())
         self.tick()  # the baseline reading of every device
         self._ticker = Ticker(self.settings.daemon.interval_s, self._safe_tick)
@@ -364,8 +372,10 @@ class Daemon:
                 sensor.close()
             except Exception as exc:  # closing must not hide the flush
                 log.debug("closing %s: %s", type(sensor).__name__, exc)
+        delivery = self.delivery_counters()
         self.store.close()
-        log.info("stopped after %d ticks; %d points written", self.stats["ticks"], self.stats["points_written"])
+        spooled = f" (handed to the spool for {self.store.url})" if delivery else ""
+        log.info("stopped after %d ticks; %d points written%s", self.stats["ticks"], self.stats["points_written"], spooled)
 
 
 def _rss_bytes() -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from carbond.store.base import Point, Query, Row, Store, make_point
 from carbond.store.urls import StoreUrl, parse_store_url
@@ -10,7 +10,24 @@ from carbond.store.urls import StoreUrl, parse_store_url
 if TYPE_CHECKING:
     from carbond.store.delivery import SpoolOptions
 
-__all__ = ["Point", "Query", "Row", "Store", "StoreUrl", "make_point", "open_store", "parse_store_url"]
+__all__ = ["Point", "Query", "Row", "Store", "StoreUrl", "make_point", "open_configured_store", "open_store", "parse_store_url"]
+
+
+def open_configured_store(settings: Any, *, readonly: bool = False) -> Store:
+    """The store of ``settings.store`` (a :class:`carbond.config.StoreSettings`): InfluxDB gets its spool."""
+    s = settings
+    spool = None
+    if not readonly and parse_store_url(s.url).kind == "influxdb":
+        from pathlib import Path
+
+        from carbond.config import default_state_dir
+        from carbond.store.delivery import SpoolOptions, spool_path_for
+
+        spool = SpoolOptions(path=Path(s.spool_path) if s.spool_path else spool_path_for(s.url, default_state_dir()),
+                             max_bytes=s.spool_max_bytes, create_database=s.create_database,
+                             flush_timeout_s=s.drain_timeout_s)
+    return open_store(s.url, readonly=readonly, token=s.token, spool=spool, timeout_s=s.timeout_s,
+                      ca_file=s.ca_file or None)
 
 
 def open_store(url: str, *, readonly: bool = False, token: str = "", spool: SpoolOptions | None = None,
