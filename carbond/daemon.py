@@ -27,12 +27,16 @@ from types import FrameType
 from typing import Any
 
 from carbond import __version__, ipc
+from carbond.accounting import job_point, run_point, run_ticks
+from carbond.attribution import Activity, GpuUse, attribute
 from carbond.config import Settings
 from carbond.errors import CarbondError
 from carbond.factors import ImpactFactors, resolve_impact_factors
-from carbond.impacts import Embodied, Factors
+from carbond.impacts import Embodied, Factors, embodied_g
 from carbond.intensity import IntensityProvider, ProviderSettings, make_provider
+from carbond.jobs import Run, RunRegistry
 from carbond.logutil import Throttled
+from carbond.procs import CLK_TCK
 from carbond.sampler import DeviceEnergy, Sampler, TickContext, tick_points
 from carbond.sensors.base import Reading, Sensor
 from carbond.store.base import Point, Store, make_point
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 HEAVY_MODULES = ("pandas", "matplotlib", "torch", "influxdb_client", "numpy")
 SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching itself
 HOUR_NS = 3_600_000_000_000
+RUNS_EVERY_S = 2.0  # run membership refresh and environment discovery (off the tick thread)
 
 
 def provider_settings(settings: Settings) -> ProviderSettings:
@@ -113,6 +118,12 @@ class Daemon:
                       "points_written": 0, "pending_points": 0}
         self.totals = {"energy_j": 0.0, "co2_g": 0.0, "water_l": 0.0, "embodied_g": 0.0}
         self._last: _LastTick | None = None
+        self.runs = RunRegistry(settings.daemon.host, self.journal.directory / "runs.json")
+        self._env_seen: dict[int, int] = {}
+        self._busy_prev: int | None = None
+        self._emit_lock = threading.Lock()
+        self._process_sensors = [s for s in sensors if hasattr(s, "processes")]
+        self._busy_sources = [s for s in sensors if hasattr(s, "busy_ticks")]
         self._scheduler: Any = None
         self._ticker: Any = None
         self._server: Any = None
@@ -155,13 +166,21 @@ class Daemon:
             now_ns = self._wall_ns()
             devices = self._sampler.step(readings)
             points: list[Point] = []
+            busy = self._busy_ticks()
+            busy_s = None if busy is None or self._busy_prev is None else max(busy - self._busy_prev, 0) / CLK_TCK
+            self._busy_prev = busy
             if self._last_mono is not None:
                 if devices:
                     interval_s = now_mono - self._last_mono
                     factors = self._factors(now_ns)
                     ctx = TickContext(self.settings.daemon.host, factors, self._embodied, self._n_gpus)
-                    points = tick_points(devices, interval_s, now_ns, ctx)
+                    run_points: list[Point] = []
+                    unattributed = None
+                    if self.runs.runs:
+                        unattributed, run_points = self._attribute(devices, busy_s, interval_s, now_ns, factors)
+                    points = tick_points(devices, interval_s, now_ns, ctx, unattributed)
                     host = points[-1]
+                    points.extend(run_points)
                     for key in self.totals:
                         self.totals[key] += host.fields.get(key, 0.0)
                     self._last = _LastTick(now_ns, interval_s, devices, host, factors)
@@ -170,7 +189,10 @@ class Daemon:
             self.stats["ticks"] += 1
             out = points
             if final or now_mono - self._last_self_mono >= SELF_METRICS_EVERY_S:
-                out = [*points, self._self_point(now_ns, self._max_lag_s)]
+                host_name = self.settings.daemon.host
+                with self.runs.lock:
+                    totals = [run_point(r, host_name, now_ns) for r in self.runs.runs.values()]
+                out = [*points, *totals, self._self_point(now_ns, self._max_lag_s)]
                 self._last_self_mono, self._max_lag_s = now_mono, 0.0
             try:
                 self.journal.append(out)
@@ -181,6 +203,84 @@ class Daemon:
             else:
                 self.stats["pending_points"] += len(out)
             return points
+
+    def _busy_ticks(self) -> int | None:
+        for sensor in self._busy_sources:
+            busy = sensor.busy_ticks()  # type: ignore[attr-defined]
+            if busy is not None:
+                return int(busy)
+        return None
+
+    def _gpu_use(self) -> dict[str, GpuUse]:
+        """Each GPU's processes grouped by the run that owns them (None: no run)."""
+        out: dict[str, GpuUse] = {}
+        for sensor in self._process_sensors:
+            try:
+                per_gpu = sensor.processes()  # type: ignore[attr-defined]
+            except Exception as exc:  # process lists are a nicety: never fail the tick for them
+                self._warn.warning("gpu-processes", "reading GPU processes failed: %s", exc)
+                continue
+            for device, procs in per_gpu.items():
+                sm: dict[str | None, float] = {}
+                mem: dict[str | None, float] = {}
+                count: dict[str | None, int] = {}
+                for pid, sm_pct, mem_bytes in procs:
+                    owner = self.runs.owner(pid)
+                    count[owner] = count.get(owner, 0) + 1
+                    mem[owner] = mem.get(owner, 0.0) + mem_bytes
+                    if sm_pct is not None:
+                        sm[owner] = sm.get(owner, 0.0) + sm_pct
+                out[device] = GpuUse(sm, mem, count)
+        return out
+
+    def _attribute(self, devices: list[DeviceEnergy], busy_s: float | None, interval_s: float, now_ns: int,
+                   factors: Factors) -> tuple[float, list[Point]]:
+        """Split this tick's device energy among the active runs: (unattributed J, job points)."""
+        run_cpu_s, run_rss = self.runs.cpu_and_rss()
+        ram_used = next((d.memory_used_bytes for d in devices if d.kind == "ram" and d.memory_used_bytes), 0.0)
+        activity = Activity(busy_s or 0.0, ram_used or 0.0, run_cpu_s, run_rss, self._gpu_use())
+        shares = attribute([(d.device, d.kind, d.energy_j, d.idle_w * d.interval_s) for d in devices], activity,
+                           self.settings.attribution.idle_policy)
+        host_energy = sum(d.energy_j for d in devices)
+        host_embodied = embodied_g(interval_s, self._n_gpus, self._embodied)
+        ticks = run_ticks(shares, {d.device: d.source for d in devices}, factors, host_energy, host_embodied)
+        points = []
+        with self.runs.lock:
+            for t in ticks:
+                run = self.runs.runs.get(t.run_id)
+                if run is None:
+                    continue
+                self.runs.add_energy(t.run_id, t.energy_j, t.co2_g, t.water_l, t.embodied_g, t.sources)
+                points.append(job_point(run, t, interval_s, now_ns, self.settings.daemon.host))
+        return sum(s.unattributed_j for s in shares), points
+
+    def _emit(self, points: list[Point]) -> None:
+        """Journal points made outside a tick (run starts and ends from the socket or discovery)."""
+        if not points:
+            return
+        with self._emit_lock:
+            try:
+                self.journal.append(points)
+            except OSError as exc:
+                self.stats["write_errors"] += 1
+                self.stats["dropped_points"] += len(points)
+                log.error("journal %s refused %d points (%s): they are lost", self.journal.directory, len(points), exc)
+            else:
+                self.stats["pending_points"] += len(points)
+
+    def _run_point_now(self, run: Run) -> None:
+        self._emit([run_point(run, self.settings.daemon.host, self._wall_ns())])
+
+    def maintain_runs(self) -> None:
+        """Off the tick thread: find new processes of runs, tagged processes, and runs that are over."""
+        try:
+            for run in self.runs.discover(self._env_seen, os.getpid()):
+                self._run_point_now(run)
+            self.runs.refresh_members()
+            for run in self.runs.end_vanished():
+                self._run_point_now(run)
+        except Exception:  # run bookkeeping must never stop the daemon
+            log.exception("run maintenance failed")
 
     def _self_point(self, now_ns: int, lag_s: float) -> Point:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -213,6 +313,8 @@ class Daemon:
         newer ones) on disk for the next flush.
         """
         with self._flush_lock:
+            if self.runs.runs:
+                self.runs.save()  # the totals, for a restart
             for segment in self.journal.rotate():
                 points = list(read_segment(segment))
                 if points:
@@ -272,7 +374,7 @@ class Daemon:
             "factors": self.factors.as_dict(),
             "intensity_provider": (self.provider.status() if hasattr(self.provider, "status")
                                    else {"provider": self.settings.intensity.provider}),
-            "runs": [],
+            "runs": [r.result(self.settings.daemon.host, self._wall_ns()) for r in list(self.runs.runs.values())],
             # the promise that the daemon stays light, checkable from outside
             "heavy_modules": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_MODULES),
         }
@@ -280,11 +382,17 @@ class Daemon:
     def device_list(self, _args: dict[str, Any] | None = None) -> list[dict[str, str]]:
         return [vars(d) for s in self.sensors for d in s.devices()]
 
+    def now_ns(self) -> int:
+        return self._wall_ns()
+
     def ops(self) -> dict[str, ipc.Op]:
+        from carbond.run_ops import run_ops
+
         return {
             "ping": ipc.Op({}, lambda a: {"version": __version__}),
             "status": ipc.Op({}, self.status),
             "devices": ipc.Op({}, self.device_list),
+            **run_ops(self),
         }
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -302,6 +410,11 @@ class Daemon:
         elif leftover:
             log.info("replayed %d points left in the journal by an earlier run", self.stats["points_written"])
             self.stats["points_written"] = 0
+        for run in self.runs.load():
+            log.info("run %s (%s) %s after the restart", run.run_id, run.job,
+                     "continues" if run.active else "had ended meanwhile")
+            if not run.active:
+                self._run_point_now(run)
         self._server = SocketServer(self.settings.daemon.socket, self.ops())
         self.tick()  # the baseline reading of every device
         self._ticker = Ticker(self.settings.daemon.interval_s, self._safe_tick)
@@ -309,6 +422,8 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_job(self._safe_flush, IntervalTrigger(seconds=self.settings.store.flush_interval_s),
                                 id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
+        self._scheduler.add_job(self.maintain_runs, IntervalTrigger(seconds=RUNS_EVERY_S), id="runs", max_instances=1,
+                                coalesce=True, misfire_grace_time=None)
         if hasattr(self.provider, "refresh"):
             from datetime import UTC, datetime
 

@@ -30,6 +30,7 @@ class DeviceEnergy:
     method: str  # counter | power | model: how the joules were obtained
     energy_j: float
     interval_s: float
+    idle_w: float = 0.0  # the device's idle power (model), for the unattributed idle policy
     utilization_pct: float | None = None
     memory_used_bytes: float | None = None
     temperature_c: float | None = None
@@ -74,6 +75,7 @@ def device_energy(prev: Reading, cur: Reading) -> DeviceEnergy | None:
         method=method,
         energy_j=max(energy, 0.0),
         interval_s=dt,
+        idle_w=cur.idle_w,
         utilization_pct=cur.utilization_pct,
         memory_used_bytes=cur.memory_used_bytes,
         temperature_c=cur.temperature_c,
@@ -115,10 +117,12 @@ class TickContext:
     n_gpus: int
 
 
-def tick_points(devices: list[DeviceEnergy], interval_s: float, time_ns: int, ctx: TickContext) -> list[Point]:
+def tick_points(devices: list[DeviceEnergy], interval_s: float, time_ns: int, ctx: TickContext,
+                unattributed_j: float | None = None) -> list[Point]:
     """The ``device`` points and the one ``host`` point of a tick.
 
-    The host's ``energy_j`` is the sum of its devices' ``energy_j`` on this tick, exactly.
+    The host's ``energy_j`` is the sum of its devices' ``energy_j`` on this tick, exactly;
+    ``unattributed_j`` (when runs are active) is the part no run was given.
     """
     points = [
         make_point(
@@ -148,6 +152,7 @@ def tick_points(devices: list[DeviceEnergy], interval_s: float, time_ns: int, ct
                 "water_l": impact.water_l,
                 "embodied_g": embodied_g(interval_s, ctx.n_gpus, ctx.embodied),
                 "marginal_g_per_kwh": f.marginal_g_per_kwh,
+                "unattributed_j": energy_j if unattributed_j is None else unattributed_j,
             },
             time_ns,
         )

@@ -21,6 +21,21 @@ from carbond.errors import CarbondError, UsageError
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUT_S = 30.0  # an idle client is disconnected
+SOCKET_GROUP = "carbond"  # members may talk to the daemon (deploy/systemd/carbond.sysusers creates it)
+
+
+def _give_to_group(path: str, group: str) -> None:
+    """Hand the socket to ``group`` when it exists (and we may): mode 0660 then admits its members."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        log.warning("socket %s: could not give it to group %s (%s); only its owner can connect", path, group, exc)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -90,6 +105,7 @@ class SocketServer:
         try:
             self._sock.bind(path)
             os.chmod(path, 0o660)
+            _give_to_group(path, SOCKET_GROUP)
             self._sock.listen(64)
         except OSError as exc:
             self._sock.close()

@@ -49,3 +49,9 @@ class Sensor(Protocol):
     def devices(self) -> list[DeviceInfo]: ...
 
     def close(self) -> None: ...
+
+
+class ProcessSensor(Protocol):
+    """A sensor that can say which processes use its devices (GPUs)."""
+
+    def processes(self) -> dict[str, list[tuple[int, float | None, float]]]: ...

@@ -54,6 +54,10 @@ class CpuSensor:
         self._rapl = rapl if rapl is not None and rapl.packages and rapl.check_readable() else None
         stats.cpu_percent(interval=None)  # prime: the next call reports the share since now
 
+    def busy_ticks(self) -> int | None:
+        """Host busy CPU ticks (USER_HZ) read by the last ``read``, when the stats source offers them."""
+        return getattr(self._stats, "busy_ticks", None)
+
     @property
     def uses_rapl(self) -> bool:
         return self._rapl is not None

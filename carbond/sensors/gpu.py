@@ -40,6 +40,7 @@ class _Gpu:
     max_source: str
     available: bool = True
     slow_read_at: float = float("-inf")  # when memory and temperature were last read
+    process_seen_us: int = 0  # newest process-utilization sample seen
     memory_used_bytes: float | None = None
     temperature_c: float | None = None
 
@@ -151,6 +152,37 @@ class NvmlGpus:
             self._warn.warning(f"{gpu.index}:{what}", "gpu%d (%s): reading %s failed: %s",
                                gpu.index, gpu.name, what, exc)
             return None
+
+    def processes(self) -> dict[str, list[tuple[int, float | None, float]]]:
+        """Per GPU: (host pid, SM utilization % or None, GPU memory bytes) of each compute process.
+
+        SM utilization comes from ``nvmlDeviceGetProcessUtilization`` samples newer than the
+        previous call (averaged per pid); NOT_FOUND means no process was active on the SMs in
+        the window. Only asked while runs are active.
+        """
+        nvml = self._nvml
+        out: dict[str, list[tuple[int, float | None, float]]] = {}
+        for gpu in self._gpus:
+            if not gpu.available:
+                continue
+            try:
+                procs = nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
+            except nvml.NVMLError as exc:
+                self._warn.warning(f"{gpu.index}:processes", "gpu%d: listing processes failed: %s", gpu.index, exc)
+                continue
+            sm: dict[int, list[float]] = {}
+            try:
+                samples = nvml.nvmlDeviceGetProcessUtilization(gpu.handle, gpu.process_seen_us)
+            except nvml.NVMLError:
+                samples = []  # NOT_FOUND (nothing new) or not supported: memory decides
+            for s in samples:
+                sm.setdefault(int(s.pid), []).append(float(s.smUtil))
+                gpu.process_seen_us = max(gpu.process_seen_us, int(s.timeStamp))
+            out[f"gpu{gpu.index}"] = [
+                (int(p.pid), (sum(sm[p.pid]) / len(sm[p.pid])) if p.pid in sm else None, float(p.usedGpuMemory or 0))
+                for p in procs
+            ]
+        return out
 
     def devices(self) -> list[DeviceInfo]:
         out = []

@@ -36,6 +36,7 @@ class Procfs:
         self._stat = os.open(f"{root}/stat", os.O_RDONLY | os.O_CLOEXEC)
         self._meminfo = os.open(f"{root}/meminfo", os.O_RDONLY | os.O_CLOEXEC)
         self._last: tuple[int, int] | None = None
+        self.busy_ticks: int | None = None  # host busy CPU ticks at the last cpu_percent()
         self._logical = os.cpu_count() or 1
 
     def cpu_count(self, logical: bool = True) -> int:
@@ -56,6 +57,7 @@ class Procfs:
             raise ValueError("only the non-blocking form (interval=None) is offered")
         busy, total = self._busy_total()
         last, self._last = self._last, (busy, total)
+        self.busy_ticks = busy
         if last is None or total <= last[1]:
             return 0.0
         return min(max(100.0 * (busy - last[0]) / (total - last[1]), 0.0), 100.0)
