@@ -15,6 +15,8 @@ from typing import Any
 
 from carbond import __version__
 from carbond.errors import CarbondError, DaemonUnavailableError, UsageError
+from carbond.jobs_cli import build_jobs_parser
+from carbond.track_cli import build_track_parser
 
 log = logging.getLogger("carbond")
 
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--rollup-duration", default="INF", metavar="D", help="how long hourly rollups are kept (default INF)")
     si.add_argument("--force", action="store_true", help="allow shortening an existing retention policy")
     si.set_defaults(func=cmd_store_init)
+
+    build_track_parser(sub)
+    build_jobs_parser(sub)
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True, parser_class=_Parser)
@@ -364,6 +369,10 @@ def _join_relative_times(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     it = iter(argv)
     for arg in it:
+        if arg == "--":  # a command to run (carbond track -- CMD ...): leave it exactly as given
+            out.append(arg)
+            out.extend(it)
+            break
         if arg in TIME_FLAGS:
             value = next(it, None)
             out.append(arg if value is None else f"{arg}={value}")

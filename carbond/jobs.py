@@ -199,6 +199,13 @@ class RunRegistry:
                     self._register(run, pid)
                     self.refresh_members()
                     return run, True
+                run = self.finished.pop(run_id, None)
+                if run is not None:  # a later block of a launch that had ended: its totals go on
+                    run.status, run.ended_ns, run.last_total_ticks, run.members = "running", None, None, {}
+                    self._register(run, pid)
+                    self.runs[run_id] = run
+                    self.refresh_members()
+                    return run, True
             run = Run(run_id or new_run_id(job, now), job, project, phase, clean_tags, origin, uid, now)
             self._register(run, pid)
             self.runs[run.run_id] = run

@@ -1,0 +1,112 @@
+"""The run registry on real processes: process trees, reaped children, ends, persistence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from carbond.errors import UsageError
+from carbond.jobs import RunRegistry
+
+BURN = "import time\nt = time.process_time() + {s}\nwhile time.process_time() < t: pass\n"
+
+
+def _registry(tmp_path: Path) -> RunRegistry:
+    return RunRegistry("h", tmp_path / "runs.json")
+
+
+def test_a_child_that_lives_and_dies_between_two_ticks_is_counted(tmp_path: Path):
+    reg = _registry(tmp_path)
+    # a parent that starts a child burning 0.5 s of CPU, waits for it (reaps it), then idles
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys, time\n"
+                               f"subprocess.run([sys.executable, '-c', {BURN.format(s=0.5)!r}])\n"
+                               "print('done', flush=True)\ntime.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        run, _ = reg.start("j", pid=parent.pid, uid=os.getuid())
+        reg.cpu_and_rss()  # baseline (the child may or may not exist yet)
+        assert parent.stdout.readline().strip() == "done"  # child born, burned, reaped: no tick saw it
+        cpu, rss = reg.cpu_and_rss()
+        assert cpu[run.run_id] >= 0.45  # its CPU arrived through the parent's cutime
+        assert rss[run.run_id] > 0
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_children_found_on_refresh_and_a_run_ends_when_its_processes_are_gone(tmp_path: Path):
+    reg = _registry(tmp_path)
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys\n"
+                               "subprocess.run([sys.executable, '-c', 'import time; time.sleep(2)'])\n"])
+    try:
+        run, _ = reg.start("j", pid=parent.pid, uid=os.getuid())
+
+        def members() -> int:
+            reg.refresh_members()
+            return len(run.members)
+
+        from tests.conftest import wait_for
+
+        wait_for(lambda: members() >= 2, timeout_s=30)
+        assert all(reg.owner(p) == run.run_id for p in run.members)
+    finally:
+        parent.wait(60)
+    reg.cpu_and_rss()
+    ended = reg.end_vanished()
+    assert [r.run_id for r in ended] == [run.run_id] and run.status == "finished"
+
+
+def test_work_units_are_summed_and_metrics_keep_the_last_value(tmp_path: Path):
+    reg = _registry(tmp_path)
+    run, _ = reg.start("j", pid=os.getpid(), uid=os.getuid())
+    reg.log_values(run.run_id, {"samples": 32, "accuracy": 0.5})
+    reg.log_values(run.run_id, {"samples": 32, "accuracy": 0.9})
+    assert run.units == {"samples": 64.0} and run.metrics == {"accuracy": 0.9}
+    run.energy_j, run.co2_g = 100.0, 10.0
+    reg.set_progress(run.run_id, 25, 100)
+    assert run.projected() == (400.0, 40.0)
+    with pytest.raises(UsageError, match="finite number"):
+        reg.log_values(run.run_id, {"samples": float("nan")})
+    with pytest.raises(UsageError, match="log name"):
+        reg.log_values(run.run_id, {"bad name": 1})
+
+
+def test_validation_of_names(tmp_path: Path):
+    reg = _registry(tmp_path)
+    with pytest.raises(UsageError, match="phase"):
+        reg.start("j", phase="Training", pid=os.getpid(), uid=0)
+    with pytest.raises(UsageError, match="tag name"):
+        reg.start("j", tags={"host": "x"}, pid=os.getpid(), uid=0)
+    with pytest.raises(UsageError, match="does not exist"):
+        reg.start("j", pid=2**22 + 12345, uid=0)
+
+
+def test_registry_survives_a_restart(tmp_path: Path):
+    reg = _registry(tmp_path)
+    run, _ = reg.start("j", project="p", phase="validation", tags={"variant": "pruned-30"}, run_id="r-1",
+                       pid=os.getpid(), uid=os.getuid())
+    reg.log_values("r-1", {"tokens": 5})
+    run.energy_j = 42.0
+    reg.save()
+    again = _registry(tmp_path)
+    [restored] = again.load()
+    assert (restored.run_id, restored.job, restored.project, restored.phase, restored.tags) == (
+        "r-1", "j", "p", "validation", {"variant": "pruned-30"})
+    assert restored.energy_j == 42.0 and restored.units == {"tokens": 5.0} and restored.active
+    assert os.getpid() in restored.members
+
+
+def test_a_saved_run_whose_processes_died_ends_at_load(tmp_path: Path):
+    reg = _registry(tmp_path)
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    reg.start("gone", pid=p.pid, uid=os.getuid())
+    reg.save()
+    p.kill()
+    p.wait()
+    again = _registry(tmp_path)
+    [restored] = again.load()
+    assert restored.status == "finished" and not again.runs
