@@ -265,7 +265,9 @@ class RunRegistry:
                 run.exit_code = exit_code
             if status == "failed":
                 run.metrics.setdefault("_failed", 1.0)
-            others = {p for p in run.roots if p != pid} if pid is not None else set()
+            alive = {p for p, start in run.roots.items()
+                     if (st := self.proc.stat(p)) is not None and st.start_ticks == start}
+            others = {p for p in alive if p != pid} if pid is not None else set()
             if others:  # other ranks of the run are still registered: it goes on without this one
                 run.roots.pop(pid, None)  # type: ignore[arg-type]
                 run.members.pop(pid, None)  # type: ignore[arg-type]
@@ -344,6 +346,7 @@ class RunRegistry:
         """
         started: list[Run] = []
         candidates = []
+        self.refresh_members()  # children of known runs inherit the tagging environment: they are members
         for pid in self.proc.pids():
             if pid == self_pid:
                 continue

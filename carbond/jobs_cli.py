@@ -70,6 +70,7 @@ class RunSummary:
     units: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     live: bool = False  # the daemon reported it as active
+    tags: dict[str, str] = field(default_factory=dict)  # the run's own tags (variant=…)
 
     @property
     def duration_s(self) -> float:
@@ -86,8 +87,11 @@ class RunSummary:
             "water_l": t.get("water_l", 0.0), "embodied_kg": t.get("embodied_g", 0.0) / 1000.0,
             "projected_energy_kwh": t["projected_energy_j"] / 3.6e6 if "projected_energy_j" in t else None,
             "projected_co2_kg": t["projected_co2_g"] / 1000.0 if "projected_co2_g" in t else None,
-            "units": self.units, "metrics": self.metrics, "live": self.live,
+            "units": self.units, "metrics": self.metrics, "tags": self.tags, "live": self.live,
         }
+
+
+RESERVED_TAGS = frozenset({"host", "project", "job", "phase", "run", "status"})
 
 
 def _worse(a: str, b: str) -> str:
@@ -158,6 +162,7 @@ def summarize(per_host: Mapping[tuple[str, str], HostRun]) -> list[RunSummary]:
         if s is None:
             s = runs[run_id] = RunSummary(run_id, h.tags.get("job", ""), h.tags.get("project", ""),
                                           h.tags.get("phase", ""), status or "running")
+            s.tags = {k: v for k, v in h.tags.items() if k not in RESERVED_TAGS}
         else:
             s.status = "running" if "running" in (s.status, status) else _worse(s.status, status)
         s.hosts.append(host)
@@ -183,7 +188,8 @@ def live_host_run(doc: Mapping[str, Any], now_ns: int) -> tuple[tuple[str, str],
     fields = {k: float(doc[k]) for k in (*TOTALS, "duration_s") if isinstance(doc.get(k), int | float)}
     fields.update({f"unit_{k}": float(v) for k, v in (doc.get("units") or {}).items()})
     fields.update({f"metric_{k}": float(v) for k, v in (doc.get("metrics") or {}).items()})
-    tags = {"run": str(doc.get("run")), "host": str(hosts[0]), "job": str(doc.get("job") or ""),
+    tags = {**{str(k): str(v) for k, v in (doc.get("tags") or {}).items()},
+            "run": str(doc.get("run")), "host": str(hosts[0]), "job": str(doc.get("job") or ""),
             "project": str(doc.get("project") or ""), "phase": str(doc.get("phase") or ""),
             "status": str(doc.get("status") or "running")}
     return (tags["run"], tags["host"]), HostRun(now_ns, tags, fields, live=True)

@@ -257,3 +257,56 @@ def test_bad_messages_get_error_replies_and_10000_fuzzed_ones_crash_nothing(carb
     finally:
         err = _stop(daemon)
     assert "Traceback" not in err
+
+
+CLIENT = """
+import json, sys, time
+import carbond
+with carbond.track("client-job", project="p", phase="validation", tags={"variant": "pruned-30"}) as run:
+    t = time.process_time() + 1.5
+    n = 0
+    while time.process_time() < t:
+        n += 1
+        if n % 100000 == 0:
+            run.log(samples=10)
+    run.log(accuracy=0.91)
+r = run.result
+print(json.dumps({"mode": r.measured_by, "energy_kwh": r.energy_kwh, "co2_kg": r.co2_kg, "water_l": r.water_l,
+                  "run": r.run_id, "units": r.units, "metrics": r.metrics, "status": r.status}))
+"""
+
+
+def test_client_and_track_and_jobs_against_the_real_daemon(carbond, tmp_path):
+    daemon = _daemon(carbond)
+    try:
+        out = subprocess.run([sys.executable, "-c", CLIENT], env={**carbond.env, "CARBOND_SOCKET": carbond.socket},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        assert r["mode"] == "daemon" and r["energy_kwh"] > 0 and r["co2_kg"] > 0 and r["status"] == "finished"
+        assert r["units"]["samples"] > 0 and r["metrics"] == {"accuracy": 0.91}
+        burn = "import time\nt = time.process_time() + 1.0\nwhile time.process_time() < t: pass\nraise SystemExit(3)"
+        tr = carbond("track", "--job", "cli-job", "--project", "p", "--socket", carbond.socket, "--",
+                     sys.executable, "-c", burn)
+        assert tr.returncode == 3  # the command's exit code
+        wait_for(lambda: not _status(carbond)["runs"], timeout_s=60)
+    finally:
+        _stop(daemon)
+    doc = json.loads(carbond("jobs", "--json", "--store", carbond.store, "--socket", carbond.socket, check=True).stdout)
+    runs = {j["job"]: j for j in doc["runs"]}
+    assert runs["client-job"]["status"] == "finished" and runs["client-job"]["energy_kwh"] > 0
+    assert runs["client-job"]["tags"]["variant"] == "pruned-30"
+    assert runs["cli-job"]["status"] == "failed" and runs["cli-job"]["energy_kwh"] > 0
+    text = carbond("jobs", "--store", carbond.store, "--socket", carbond.socket, check=True).stdout
+    assert "client-job" in text and "cli-job" in text
+
+
+def test_with_the_daemon_down_the_client_measures_in_process(carbond):
+    carbond.env["CARBOND_SOCKET"] = str(carbond.tmp / "run" / "nobody.sock")
+    carbond.env["CARBOND_STORE"] = carbond.store
+    out = subprocess.run([sys.executable, "-c", CLIENT], env=carbond.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["mode"] == "in-process" and r["energy_kwh"] > 0 and r["status"] == "finished"
+    finals = [p for p in carbond.export("run") if p["tags"]["run"] == r["run"]]
+    assert finals and finals[-1]["fields"]["energy_j"] == pytest.approx(r["energy_kwh"] * 3.6e6, rel=1e-6)
