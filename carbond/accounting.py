@@ -54,11 +54,12 @@ def run_tags(run: Run, host: str) -> dict[str, str]:
 
 
 def job_point(run: Run, tick: RunTick, interval_s: float, time_ns: int, host: str) -> Point:
-    return make_point("job", run_tags(run, host), {
-        "energy_j": tick.energy_j, "power_w": tick.energy_j / interval_s if interval_s > 0 else 0.0,
-        "co2_g": tick.co2_g, "water_l": tick.water_l, "embodied_g": tick.embodied_g,
-        **{f"{kind}_energy_j": joules for kind, joules in tick.kinds.items()},
-    }, time_ns)
+    # every value is a finite float by construction (attribution never hands out NaN or negatives)
+    fields = {"energy_j": tick.energy_j, "power_w": tick.energy_j / interval_s if interval_s > 0 else 0.0,
+              "co2_g": tick.co2_g, "water_l": tick.water_l, "embodied_g": tick.embodied_g}
+    for kind, joules in tick.kinds.items():
+        fields[f"{kind}_energy_j"] = joules
+    return Point("job", run_tags(run, host), fields, time_ns)
 
 
 def run_point(run: Run, host: str, time_ns: int) -> Point:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from carbond.errors import UsageError
-from carbond.procs import CLK_TCK, Proc
+from carbond.procs import CLK_TCK, Proc, read_stat
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Member:
     start_ticks: int
     ppid: int
     cpu_ticks: int
+    fd: int | None = None  # kept open on /proc/PID/stat while the process lives
 
 
 @dataclass
@@ -165,9 +166,7 @@ class RunRegistry:
         run.roots = live_roots
         for pid in self.proc.descendants(live_roots):
             if pid not in run.members and (st := self.proc.stat(pid)) is not None:
-                run.members[pid] = Member(st.start_ticks, st.ppid, st.cpu_ticks)
-                if run.last_total_ticks is not None:
-                    run.last_total_ticks -= 0  # its whole CPU time counts on the next tick
+                run.members[pid] = Member(st.start_ticks, st.ppid, st.cpu_ticks)  # all its CPU time counts
         if run.last_total_ticks is None:  # the baseline at registration
             run.last_total_ticks = sum(m.cpu_ticks for m in run.members.values())
 
@@ -277,6 +276,8 @@ class RunRegistry:
         return run
 
     def _finish(self, run: Run, status: str) -> None:
+        for member in run.members.values():
+            _close(member)
         run.metrics.pop("_failed", None)
         run.status = status
         run.ended_ns = self._clock_ns()
@@ -306,14 +307,20 @@ class RunRegistry:
             for run in self.runs.values():
                 total, memory, alive = run.banked_ticks, 0, {}
                 for pid, m in run.members.items():
-                    st = self.proc.stat(pid)
+                    if m.fd is None:
+                        m.fd = self.proc.open_stat(pid)
+                    st = read_stat(pid, m.fd) if m.fd is not None else None
                     if st is not None and st.start_ticks == m.start_ticks:
-                        alive[pid] = Member(m.start_ticks, st.ppid, st.cpu_ticks)
+                        m.ppid, m.cpu_ticks = st.ppid, st.cpu_ticks
+                        alive[pid] = m
                         if self._owner.get(pid, run.run_id) == run.run_id:
                             total += st.cpu_ticks
                             memory += st.rss_bytes
                 for pid, m in run.members.items():
-                    if pid not in alive and m.ppid not in alive:  # reaped outside the run: keep its time
+                    if pid in alive:
+                        continue
+                    _close(m)
+                    if m.ppid not in alive:  # reaped outside the run: keep its time
                         run.banked_ticks += m.cpu_ticks
                         total += m.cpu_ticks
                 run.members = alive
@@ -410,8 +417,17 @@ class RunRegistry:
         return restored
 
 
+def _close(member: Member) -> None:
+    if member.fd is not None:
+        try:
+            os.close(member.fd)
+        except OSError:
+            pass
+        member.fd = None
+
+
 def _to_json(run: Run) -> dict[str, Any]:
-    doc = asdict(run)
+    doc = asdict(run, dict_factory=lambda items: {k: v for k, v in items if k != "members"})
     doc["roots"] = {str(k): v for k, v in run.roots.items()}
     doc["members"] = {}
     return doc

@@ -35,15 +35,21 @@ class Proc:
     def stat(self, pid: int) -> ProcStat | None:
         try:
             with open(f"{self.root}/{pid}/stat", "rb") as fh:
-                data = fh.read()
+                return parse_stat(pid, fh.read())
         except OSError:
             return None
+
+    def open_stat(self, pid: int) -> int | None:
+        """A descriptor on ``/proc/PID/stat`` to re-read with :func:`read_stat` (None: gone).
+
+        It stays bound to that process: once it exits, reads fail (ESRCH) even if the pid is
+        reused, so a kept descriptor can never read another process's times.
+        """
         try:
-            rest = data[data.rindex(b")") + 2:].split()
-            return ProcStat(pid, int(rest[1]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]),
-                            int(rest[19]), int(rest[21]) * PAGE_BYTES)
-        except (ValueError, IndexError):
+            return os.open(f"{self.root}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             return None
+
 
     def children(self, pid: int) -> list[int]:
         """Direct children of every thread of ``pid`` (``/proc/PID/task/TID/children``)."""
@@ -145,3 +151,20 @@ class HostCpu:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def parse_stat(pid: int, data: bytes) -> ProcStat | None:
+    try:
+        rest = data[data.rindex(b")") + 2:].split()
+        return ProcStat(pid, int(rest[1]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]),
+                        int(rest[19]), int(rest[21]) * PAGE_BYTES)
+    except (ValueError, IndexError):
+        return None
+
+
+def read_stat(pid: int, fd: int) -> ProcStat | None:
+    """Re-read a descriptor from :meth:`Proc.open_stat`; None once the process is gone."""
+    try:
+        return parse_stat(pid, os.pread(fd, 1024, 0))
+    except OSError:
+        return None
