@@ -78,6 +78,23 @@ def daemon_run(seconds: float, gpus: int, interval_s: float, store_url: str | No
     }
 
 
+def influx_rss(gpus: int, interval_s: float) -> dict:
+    """The daemon on an InfluxDB v1 URL (a real local influxd) and on a v2 URL (influxdb-client path)."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from fakes.influx_servers import Influxd, free_port
+
+    server = Influxd(Path(tempfile.mkdtemp(prefix="carbond-bench-influxd-")))
+    server.start()
+    try:
+        server.create_database("bench")
+        v1 = daemon_run(30, gpus, interval_s, store_url=server.url("bench"))
+        # no InfluxDB 2.x installs here: an unreachable v2 URL still loads the whole influxdb-client write path
+        v2 = daemon_run(30, gpus, interval_s, store_url=f"influxdb+v2://127.0.0.1:{free_port()}/bench?org=carbond")
+    finally:
+        server.stop()
+    return {"influxdb+v1 (influxd 1.6.7)": v1, "influxdb+v2 (client path)": v2}
+
+
 def help_wall_ms(runs: int = 15) -> dict:
     exe = shutil.which("carbond")
     cmd = [exe, "--help"] if exe else [sys.executable, "-m", "carbond", "--help"]
@@ -97,8 +114,15 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--influx", action="store_true",
+                    help="also measure RSS on InfluxDB v1 and v2 URLs (starts a local influxd; v2 loads influxdb-client)")
     args = ap.parse_args()
     result = {"daemon": daemon_run(args.seconds, args.gpus, args.interval), "help": help_wall_ms()}
+    if args.influx:
+        result["influx"] = influx_rss(args.gpus, args.interval)
+        for name, r in result["influx"].items():
+            print(f"{name:24} RSS {r['rss_mb']:.1f} MB, CPU per tick {r['cpu_ms_per_tick']:.3f} ms, heavy modules: "
+                  f"{', '.join(r['heavy_modules_loaded']) or 'none'}")
     d, h = result["daemon"], result["help"]
     print(f"daemon, {d['gpus']} simulated GPUs, SQLite, {d['interval_s']:g} s interval, {d['seconds']} s measured:")
     print(f"  CPU per tick      {d['cpu_ms_per_tick']:.3f} ms   (target <= 0.5 ms)")

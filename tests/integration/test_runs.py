@@ -50,19 +50,29 @@ def _worker(carbond, job: str, run_id: str, duty: float, seconds: float, out: Pa
                              str(out)], env=carbond.env)
 
 
+def _tracked(carbond, job: str, duty: float, out: Path, go: Path) -> subprocess.Popen:
+    """``carbond track --job JOB -- python worker.py ...``: the worker itself does not talk to the daemon."""
+    return subprocess.Popen([sys.executable, "-m", "carbond", "track", "--job", job, "--project", "tests", "--socket",
+                             carbond.socket, "--quiet", "--", sys.executable, WORKER, "--wait", str(go), "-", job, "-",
+                             str(duty), "6", str(out)], env=carbond.env)
+
+
 def test_two_concurrent_runs_split_cpu_energy_by_cpu_time_and_conserve_energy(carbond, tmp_path):
     daemon = _daemon(carbond)
     try:
         go = tmp_path / "go"
-        a = _worker(carbond, "heavy", "-", 1.0, 6, tmp_path / "a.json", go)
-        b = _worker(carbond, "light", "-", 0.35, 6, tmp_path / "b.json", go)
+        a = _tracked(carbond, "heavy", 1.0, tmp_path / "a.json", go)
+        b = _tracked(carbond, "light", 0.35, tmp_path / "b.json", go)
         wait_for(lambda: (tmp_path / "a.json.started").exists() and (tmp_path / "b.json.started").exists(), 60)
+        wait_for(lambda: len((_status(carbond) or {"runs": []})["runs"]) == 2, timeout_s=60)
+        run_ids = {r["job"]: r["run"] for r in _status(carbond)["runs"]}
         go.write_text("go")
         assert a.wait(120) == 0 and b.wait(120) == 0
         wait_for(lambda: not (_status(carbond) or {"runs": [1]})["runs"], timeout_s=30)
     finally:
         _stop(daemon)
     ra, rb = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    ra["run"], rb["run"] = run_ids["heavy"], run_ids["light"]
     jobs = carbond.export("job")
     cpu_j: dict[str, float] = defaultdict(float)
     for p in jobs:
@@ -81,10 +91,8 @@ def test_two_concurrent_runs_split_cpu_energy_by_cpu_time_and_conserve_energy(ca
         assert by_time.get(t, 0.0) + host["unattributed_j"] == pytest.approx(host["energy_j"], rel=1e-9, abs=1e-9)
     # the run points carry totals, units and metrics, and the final status
     runs = {p["tags"]["run"]: p for p in carbond.export("run") if p["tags"]["status"] == "finished"}
-    final_a = runs[ra["run"]]["fields"]
-    assert final_a["energy_j"] == pytest.approx(ra["result"]["energy_j"], rel=1e-9)
-    assert final_a["unit_samples"] == 1000.0 and final_a["metric_accuracy"] == 1.0
-    assert ra["result"]["status"] == "finished" and ra["result"]["energy_j"] > 0
+    assert set(runs) == {ra["run"], rb["run"]}
+    assert runs[ra["run"]]["fields"]["energy_j"] > runs[rb["run"]]["fields"]["energy_j"] > 0
 
 
 def test_processes_sharing_a_run_id_are_one_run(carbond, tmp_path):
@@ -106,6 +114,8 @@ def test_processes_sharing_a_run_id_are_one_run(carbond, tmp_path):
     finals = [p for p in carbond.export("run") if p["tags"]["status"] == "finished"]
     assert {p["tags"]["run"] for p in finals} == {"launch-42"}
     assert finals[-1]["fields"]["unit_samples"] == 2000.0  # both ranks' units in one run
+    listed = json.loads(carbond("jobs", "--json", "--store", carbond.store, check=True).stdout)["runs"]
+    assert [r["run"] for r in listed] == ["launch-42"] and listed[0]["units"]["samples"] == 2000.0
 
 
 def test_env_tagged_process_is_a_run_without_any_client(carbond, tmp_path):
