@@ -98,6 +98,11 @@ class AttributionSettings:
 
 
 @dataclass(frozen=True)
+class PrometheusSettings:
+    listen: str  # "HOST:PORT" of the /metrics endpoint; empty = off
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     store: StoreSettings
@@ -106,6 +111,7 @@ class Settings:
     impacts: ImpactSettings
     sensors: SensorSettings
     attribution: AttributionSettings
+    prometheus: PrometheusSettings
 
 
 SECTIONS: dict[str, type] = {
@@ -116,6 +122,7 @@ SECTIONS: dict[str, type] = {
     "impacts": ImpactSettings,
     "sensors": SensorSettings,
     "attribution": AttributionSettings,
+    "prometheus": PrometheusSettings,
 }
 
 
@@ -134,10 +141,23 @@ def default_store_url(env: Mapping[str, str] | None = None) -> str:
     return f"sqlite://{(default_state_dir(env) / 'carbond.db').resolve()}"
 
 
+SYSTEM_SOCKET = Path("/run/carbond/carbond.sock")  # the system service's (deploy/systemd/carbond.service)
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$CONFIGURATION_DIRECTORY/carbond.toml`` under systemd (user units: ~/.config/carbond), else /etc/carbond."""
+    env = os.environ if env is None else env
+    if env.get("CONFIGURATION_DIRECTORY"):  # systemd ConfigurationDirectory=
+        return Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / "carbond.toml"
+    return DEFAULT_CONFIG_PATH
+
+
 def default_socket_path(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     if env.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
         return str(Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "carbond.sock")
+    if SYSTEM_SOCKET.is_socket():  # a running system service wins over a per-user path: one daemon per machine
+        return str(SYSTEM_SOCKET)
     if env.get("XDG_RUNTIME_DIR"):
         return str(Path(env["XDG_RUNTIME_DIR"]) / "carbond.sock")
     if Path("/run/carbond").is_dir():
@@ -178,6 +198,17 @@ def _store_url(v: str) -> str | None:
         parse_store_url(v)
     except UsageError as exc:
         return str(exc)
+    return None
+
+
+def _listen(v: str) -> str | None:
+    if not v:
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT (e.g. 127.0.0.1:9464, [::1]:9464 or :9464 for every address), or empty to turn it off"
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        return "an IPv6 address must be in brackets, e.g. [::1]:9464"
     return None
 
 
@@ -264,6 +295,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("sensors", "cpu_idle_fraction", float, 0.3, "idle power as a fraction of TDP in the CPU model", check=_fraction),
     Spec("sensors", "ram_w_per_gb", float, 0.375, "RAM power model, W per GB installed", check=_non_negative),
     Spec("attribution", "idle_policy", str, "proportional", "how idle power is shared among runs", check=_choice(IDLE_POLICIES)),
+    Spec("prometheus", "listen", str, "", "HOST:PORT to serve Prometheus /metrics on (empty: off)", check=_listen),
 )
 SPECS_BY_PATH = {s.path: s for s in SPECS}
 FLAG_DESTS = {s.flag.lstrip("-").replace("-", "_"): s for s in SPECS if s.flag}
@@ -398,8 +430,8 @@ def load_settings(
     if explicit:
         config_path = Path(explicit)
         file_data = _read_file(config_path)
-    elif DEFAULT_CONFIG_PATH.is_file():
-        config_path = DEFAULT_CONFIG_PATH
+    elif default_config_path(env).is_file():
+        config_path = default_config_path(env)
         file_data = _read_file(config_path)
 
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
