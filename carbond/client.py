@@ -154,7 +154,8 @@ def run_id_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """The run id a launcher gave this process: CARBOND_RUN > TORCHELASTIC_RUN_ID > SLURM_JOB_ID[.SLURM_STEP_ID]."""
     env = os.environ if env is None else env
     for key in ("CARBOND_RUN", "TORCHELASTIC_RUN_ID"):
-        if env.get(key):
+        # torchrun without --rdzv-id sets the literal "none": not an id that tells launches apart
+        if env.get(key) and env[key] != "none":
             return env[key]
     if env.get("SLURM_JOB_ID"):
         step = env.get("SLURM_STEP_ID")
@@ -454,6 +455,16 @@ class Run:
         if result is not None and exit_code is not None and result.exit_code is None:
             result = replace(result, exit_code=exit_code)
         return result
+
+    def attach(self, pid: int) -> None:
+        """Add a process (e.g. a command just started) to the run at once, before the daemon's
+        next membership pass would find it; best effort, never raises."""
+        if self.mode != "daemon" or self.run_id is None:
+            return
+        try:
+            exchange(self._path, [("run.attach", {"run": self.run_id, "pid": int(pid)})], self._timeout_s)
+        except Exception as exc:  # the daemon finds the process on its next pass anyway
+            log.debug("attach %d to %s: %r", pid, self.run_id, exc)
 
     # --- logging ----------------------------------------------------------------------------------------
     def log(self, **values: Any) -> None:

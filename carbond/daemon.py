@@ -8,7 +8,9 @@ daemon is killed: segments stay on disk until the store has taken them and are r
 at the next start. One failing sensor, provider or write never stops the daemon: it is
 logged (rate-limited), counted in the ``carbond`` self-metrics, and retried. ``run``
 stops cleanly on SIGTERM/SIGINT or after ``duration_s``: one last tick measures the
-interval up to the stop, and every point is flushed.
+interval up to the stop, and every point is flushed. SIGHUP re-reads the configuration
+(:mod:`carbond.reload` says what changes live). Under systemd (``Type=notify``) it reports
+READY/RELOADING/STOPPING and pings the watchdog from the tick loop (:mod:`carbond.sdnotify`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from carbond.jobs import Run, RunRegistry
 from carbond.logutil import Throttled
 from carbond.procs import CLK_TCK
 from carbond.sampler import DeviceEnergy, Sampler, TickContext, tick_points
+from carbond.sdnotify import Notifier
 from carbond.sensors.base import Reading, Sensor
 from carbond.store.base import Point, Store, make_point
 from carbond.store.journal import Journal, journal_dir_for, read_segment
@@ -47,7 +50,11 @@ log = logging.getLogger(__name__)
 HEAVY_MODULES = ("pandas", "matplotlib", "torch", "influxdb_client", "numpy")
 SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching itself
 HOUR_NS = 3_600_000_000_000
-RUNS_EVERY_S = 2.0  # run membership refresh and environment discovery (off the tick thread)
+# Run membership refresh and environment discovery, off the tick thread. A process that joins
+# a run between two passes is counted from its birth when found (all its CPU time); one that
+# lives and dies in between is counted through its parent's cutime.
+RUNS_EVERY_S = 2.0
+DISCOVER_EVERY_S = 5.0  # environment discovery lists /proc: less often
 
 
 def provider_settings(settings: Settings) -> ProviderSettings:
@@ -86,6 +93,8 @@ class Daemon:
         journal_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
+        reload_settings: Callable[[], Settings] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.sensors = sensors
@@ -98,28 +107,29 @@ class Daemon:
         self._tick_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the main thread's: a stop or a reload was asked for
+        self._reload = threading.Event()
+        self._reload_settings = reload_settings
+        self.notifier = notifier or Notifier({})  # only `carbond run` talks to systemd
+        self._last_status_mono = float("-inf")
+        self.metrics: Any = None  # carbond.prometheus.Metrics when [prometheus] listen is set
+        self._exporter: Any = None
         self._warn = Throttled(log)
         self._last_mono: float | None = None
         self._last_self_mono = float("-inf")
         self._max_lag_s = 0.0
         self._started_mono = clock()
         self._factors_cache: tuple[int, Factors] | None = None
-        gpu_models = [d.model for s in sensors for d in s.devices() if d.kind == "gpu"]
-        self.factors: ImpactFactors = resolve_impact_factors(settings.impacts, settings.region.zone, gpu_models)
-        gpu_kg, gpu_years = self.factors.gpus_as_one()
-        self._embodied = Embodied(
-            host_kg=self.factors.host_embodied.embodied_kg,
-            host_lifetime_years=self.factors.host_embodied.lifetime_years,
-            gpu_kg=gpu_kg,
-            gpu_lifetime_years=gpu_years,
-        )
-        self._n_gpus = len(gpu_models)
+        self._gpu_models = [d.model for s in sensors for d in s.devices() if d.kind == "gpu"]
+        self.factors, self._embodied = self._impact_factors(settings)
+        self._n_gpus = len(self._gpu_models)
         self.stats = {"ticks": 0, "write_errors": 0, "sensor_errors": 0, "dropped_points": 0,
                       "points_written": 0, "pending_points": 0}
         self.totals = {"energy_j": 0.0, "co2_g": 0.0, "water_l": 0.0, "embodied_g": 0.0}
         self._last: _LastTick | None = None
         self.runs = RunRegistry(settings.daemon.host, self.journal.directory / "runs.json")
         self._env_seen: dict[int, int] = {}
+        self._last_discovery = float("-inf")
         self._busy_prev: int | None = None
         self._emit_lock = threading.Lock()
         self._process_sensors = [s for s in sensors if hasattr(s, "processes")]
@@ -127,6 +137,13 @@ class Daemon:
         self._scheduler: Any = None
         self._ticker: Any = None
         self._server: Any = None
+
+    def _impact_factors(self, settings: Settings) -> tuple[ImpactFactors, Embodied]:
+        factors = resolve_impact_factors(settings.impacts, settings.region.zone, self._gpu_models)
+        gpu_kg, gpu_years = factors.gpus_as_one()
+        return factors, Embodied(host_kg=factors.host_embodied.embodied_kg,
+                                 host_lifetime_years=factors.host_embodied.lifetime_years,
+                                 gpu_kg=gpu_kg, gpu_lifetime_years=gpu_years)
 
     # --- one tick -------------------------------------------------------------------------
     def _read_all(self) -> list[Reading]:
@@ -202,6 +219,8 @@ class Daemon:
                 log.error("journal %s refused %d points (%s): they are lost", self.journal.directory, len(out), exc)
             else:
                 self.stats["pending_points"] += len(out)
+            if self.metrics is not None:
+                self.metrics.observe(out)
             return points
 
     def _busy_ticks(self) -> int | None:
@@ -274,11 +293,15 @@ class Daemon:
     def maintain_runs(self) -> None:
         """Off the tick thread: find new processes of runs, tagged processes, and runs that are over."""
         try:
-            for run in self.runs.discover(self._env_seen, os.getpid()):
-                self._run_point_now(run)
-            self.runs.refresh_members()
-            for run in self.runs.end_vanished():
-                self._run_point_now(run)
+            now = self._clock()
+            if now - self._last_discovery >= DISCOVER_EVERY_S:
+                self._last_discovery = now
+                for run in self.runs.discover(self._env_seen, os.getpid()):
+                    self._run_point_now(run)
+            if self.runs.runs:
+                self.runs.refresh_members()
+                for run in self.runs.end_vanished():
+                    self._run_point_now(run)
         except Exception:  # run bookkeeping must never stop the daemon
             log.exception("run maintenance failed")
 
@@ -416,51 +439,189 @@ class Daemon:
             if not run.active:
                 self._run_point_now(run)
         self._server = SocketServer(self.settings.daemon.socket, self.ops())
+        if self.settings.prometheus.listen:
+            self._start_exporter(self.settings.prometheus.listen)
         self.tick()  # the baseline reading of every device
-        self._ticker = Ticker(self.settings.daemon.interval_s, self._safe_tick)
+        self._ticker = Ticker(self.settings.daemon.interval_s, self._loop_tick)
         self._ticker.start()
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_job(self._safe_flush, IntervalTrigger(seconds=self.settings.store.flush_interval_s),
                                 id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
         self._scheduler.add_job(self.maintain_runs, IntervalTrigger(seconds=RUNS_EVERY_S), id="runs", max_instances=1,
                                 coalesce=True, misfire_grace_time=None)
-        if hasattr(self.provider, "refresh"):
-            from datetime import UTC, datetime
+        self._schedule_refresh()
+        self._scheduler.start()
+        log.info("carbond %s measuring %d devices every %gs into %s (flushed every %gs); socket %s%s", __version__,
+                 sum(len(s.devices()) for s in self.sensors), self.settings.daemon.interval_s, self.store.url,
+                 self.settings.store.flush_interval_s, self.settings.daemon.socket,
+                 f"; Prometheus metrics on http://{self.settings.prometheus.listen}/metrics" if self._exporter else "")
+        self._fit_watchdog()
+        self.notifier.ready(self._status_line())
 
+    def _schedule_refresh(self) -> None:
+        """The provider's refresh job (live providers only), run at once and every ``intensity.refresh_s``."""
+        from datetime import UTC, datetime
+
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if self._scheduler.get_job("intensity-refresh") is not None:
+            self._scheduler.remove_job("intensity-refresh")
+        if hasattr(self.provider, "refresh"):
             self._scheduler.add_job(self.refresh_intensity, IntervalTrigger(seconds=self.settings.intensity.refresh_s),
                                     id="intensity-refresh", max_instances=1, coalesce=True, misfire_grace_time=None,
                                     next_run_time=datetime.now(UTC))
-        self._scheduler.start()
-        log.info("carbond %s measuring %d devices every %gs into %s (flushed every %gs); socket %s", __version__,
-                 sum(len(s.devices()) for s in self.sensors), self.settings.daemon.interval_s, self.store.url,
-                 self.settings.store.flush_interval_s, self.settings.daemon.socket)
 
-    def _safe_tick(self, final: bool = False) -> None:
+    def _start_exporter(self, listen: str) -> None:
+        from carbond.prometheus import Exporter, Metrics
+
+        self.metrics = Metrics()
+        self._exporter = Exporter(listen, self.metrics, self._live_samples)
+
+    def _live_samples(self) -> list[Any]:
+        """Scrape-time values for /metrics: the daemon's own counters."""
+        from carbond.prometheus import Sample
+
+        st = self.stats
+        return [
+            Sample("carbond_build_info", "gauge", "carbond version", 1.0, (("version", __version__),)),
+            Sample("carbond_ticks_total", "counter", "Ticks since start", float(st["ticks"])),
+            Sample("carbond_points_written_total", "counter", "Points moved from the journal into the store",
+                   float(st["points_written"])),
+            Sample("carbond_sensor_errors_total", "counter", "Failed sensor reads", float(st["sensor_errors"])),
+            Sample("carbond_runs_active", "gauge", "Runs being measured", float(len(self.runs.runs))),
+        ]
+
+    def _fit_watchdog(self) -> None:
+        """A watchdog shorter than three ticks would kill a healthy daemon: ask systemd for a longer one."""
+        wd = self.notifier.watchdog_s
+        need = 3 * self.settings.daemon.interval_s
+        if 0 < wd < need:
+            log.warning("WatchdogSec=%gs is shorter than three ticks of %gs; asking systemd for %gs", wd,
+                        self.settings.daemon.interval_s, need)
+            self.notifier.extend_watchdog(need)
+
+    def _status_line(self) -> str:
+        last = self._last
+        power = f"{last.host.fields['power_w']:.0f} W, {last.factors.intensity_g_per_kwh:g} gCO2e/kWh, " if last else ""
+        return (f"{power}{len(self.runs.runs)} runs, {self.stats['pending_points']} points buffered, every "
+                f"{self.settings.daemon.interval_s:g}s into {self.store.url}")
+
+    def _safe_tick(self, final: bool = False) -> bool:
         try:
             self.tick(final)
+            return True
         except Exception:  # one bad tick never ends the loop
             log.exception("tick failed")
+            return False
 
+    def _loop_tick(self) -> None:
+        """The ticker's call: a tick, then the watchdog ping (only a working tick loop pings) and the status."""
+        if self._safe_tick():
+            self.notifier.watchdog()
+        if self.notifier.enabled and self._clock() - self._last_status_mono >= SELF_METRICS_EVERY_S:
+            self._last_status_mono = self._clock()
+            self.notifier.status(self._status_line())
+
+    # --- reload ---------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
+        self._wake.set()
 
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Re-read the configuration and apply what can change live; False when it was not usable."""
+        if self._reload_settings is None:
+            log.info("reload asked for, but this daemon has no configuration source to re-read")
+            return False
+        self.notifier.reloading()
+        try:
+            try:
+                new = self._reload_settings()
+                self.apply_settings(new)
+            except CarbondError as exc:
+                log.error("reload failed, the running configuration stays: %s", exc)
+                return False
+            return True
+        finally:
+            self.notifier.ready(self._status_line())
+
+    def apply_settings(self, new: Settings) -> None:
+        """Switch to ``new``: interval, flushes, log level, provider and factors live; the rest at a restart."""
+        from carbond.reload import describe, plan_reload
+
+        plan = plan_reload(self.settings, new)
+        old = self.settings
+        provider = intensity_provider(plan.settings) if plan.changed("intensity.", "region.") else None
+        factors = self._impact_factors(plan.settings) if plan.changed("impacts.", "region.zone") else None
+        with self._tick_lock:
+            self.settings = plan.settings
+            old_provider = None
+            if provider is not None:
+                old_provider, self.provider = self.provider, provider
+            if factors is not None:
+                self.factors, self._embodied = factors
+            self._factors_cache = None
+        if old_provider is not None:
+            close = getattr(old_provider, "close", None)
+            if close is not None:
+                close()
+        if plan.changed("daemon.log_level"):
+            logging.getLogger().setLevel(getattr(logging, plan.settings.daemon.log_level.upper()))
+        if plan.changed("daemon.interval_s") and self._ticker is not None:
+            self._ticker.interval_s = plan.settings.daemon.interval_s  # from the next slot on
+            self._fit_watchdog()
+        if self._scheduler is not None:
+            if plan.changed("store.flush_interval_s"):
+                from apscheduler.triggers.interval import IntervalTrigger
+
+                self._scheduler.reschedule_job("flush", trigger=IntervalTrigger(seconds=plan.settings.store.flush_interval_s))
+            if provider is not None or plan.changed("intensity.refresh_s"):
+                self._schedule_refresh()
+        for spec in plan.applied:
+            log.info("reload: %s", describe(spec, getattr(getattr(old, spec.section), spec.key),
+                                             getattr(getattr(plan.settings, spec.section), spec.key)))
+        for spec in plan.pending:
+            log.warning("reload: %s changed in the configuration; it takes effect at the next restart (systemctl "
+                        "restart carbond)", spec.path)
+        if not plan.applied and not plan.pending:
+            log.info("reload: the configuration has not changed")
+
+    # --- running --------------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> None:
-        """Start, wait for a signal or the duration, then stop cleanly."""
+        """Start, wait for a signal or the duration (reloading on SIGHUP meanwhile), then stop cleanly."""
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s, stopping", signal.Signals(signum).name)
-            self._stop.set()
+            self.request_stop()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            log.info("received SIGHUP, reloading the configuration")
+            self.request_reload()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
             self.start()
-            self._stop.wait(timeout=duration_s)
+            while not self._stop.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._wake.wait(timeout=left)
+                self._wake.clear()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
         finally:
             self.stop()
             for s, h in previous.items():
                 signal.signal(s, h)
 
     def stop(self) -> None:
+        self.notifier.stopping("flushing every point into the store")
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker = None
@@ -470,6 +631,9 @@ class Daemon:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._exporter is not None:
+            self._exporter.close()
+            self._exporter = None
         self._safe_tick(final=True)  # measure up to the stop
         for attempt in range(3):
             if self.flush():
@@ -491,6 +655,7 @@ class Daemon:
         self.store.close()
         spooled = f" (handed to the spool for {self.store.url})" if delivery else ""
         log.info("stopped after %d ticks; %d points written%s", self.stats["ticks"], self.stats["points_written"], spooled)
+        self.notifier.close()
 
 
 def _rss_bytes() -> int:

@@ -64,6 +64,7 @@ class Run:
     status: str = "running"
     ended_ns: int | None = None
     exit_code: int | None = None
+    failed: bool = False  # a process of the run ended it as failed while others went on
     roots: dict[int, int] = field(default_factory=dict)  # pid -> start_ticks
     members: dict[int, Member] = field(default_factory=dict)
     banked_ticks: int = 0
@@ -263,7 +264,7 @@ class RunRegistry:
             if exit_code is not None:
                 run.exit_code = exit_code
             if status == "failed":
-                run.metrics.setdefault("_failed", 1.0)
+                run.failed = True
             alive = {p for p, start in run.roots.items()
                      if (st := self.proc.stat(p)) is not None and st.start_ticks == start}
             others = {p for p in alive if p != pid} if pid is not None else set()
@@ -271,14 +272,13 @@ class RunRegistry:
                 run.roots.pop(pid, None)  # type: ignore[arg-type]
                 run.members.pop(pid, None)  # type: ignore[arg-type]
                 return run
-            self._finish(run, "failed" if status == "failed" or run.metrics.pop("_failed", 0.0) else "finished")
+            self._finish(run, "failed" if status == "failed" or run.failed else "finished")
         self.save()
         return run
 
     def _finish(self, run: Run, status: str) -> None:
         for member in run.members.values():
             _close(member)
-        run.metrics.pop("_failed", None)
         run.status = status
         run.ended_ns = self._clock_ns()
         self.runs.pop(run.run_id, None)
@@ -348,20 +348,24 @@ class RunRegistry:
     def discover(self, seen: dict[int, int], self_pid: int | None = None) -> list[Run]:
         """Start or join runs for processes whose environment carries CARBOND_JOB or SLURM_JOB_ID.
 
-        ``seen`` (pid -> start ticks) remembers the processes already looked at, so each is
-        read once. Processes already in a run (children inherit the environment) are skipped.
+        ``seen`` remembers the pids already looked at, so a scan costs one directory listing
+        plus two small reads per new process (a pid reused within one scan interval is not
+        looked at again). Processes already in a run (children inherit the environment) are skipped.
         """
         started: list[Run] = []
         candidates = []
+        pids = set(self.proc.pids())
+        for gone in [p for p in seen if p not in pids]:
+            del seen[gone]
+        new = [p for p in pids if p not in seen and p != self_pid]
+        if not new:
+            return started
         self.refresh_members()  # children of known runs inherit the tagging environment: they are members
-        for pid in self.proc.pids():
-            if pid == self_pid:
-                continue
+        for pid in new:
             st = self.proc.stat(pid)
-            if st is None or seen.get(pid) == st.start_ticks:
-                continue
-            seen[pid] = st.start_ticks
-            candidates.append(st)
+            seen[pid] = st.start_ticks if st is not None else -1
+            if st is not None:
+                candidates.append(st)
         for st in sorted(candidates, key=lambda s: s.start_ticks):  # parents before their children
             if self.owner(st.pid) is not None:
                 continue
@@ -369,7 +373,8 @@ class RunRegistry:
             if not env or not ("CARBOND_JOB" in env or "SLURM_JOB_ID" in env):
                 continue
             job = env.get("CARBOND_JOB") or env.get("SLURM_JOB_NAME") or f"slurm-{env.get('SLURM_JOB_ID')}"
-            run_id = env.get("CARBOND_RUN") or env.get("TORCHELASTIC_RUN_ID") or (
+            torch_id = env.get("TORCHELASTIC_RUN_ID")
+            run_id = env.get("CARBOND_RUN") or (torch_id if torch_id not in (None, "", "none") else None) or (
                 env["SLURM_JOB_ID"] + (f".{env['SLURM_STEP_ID']}" if env.get("SLURM_STEP_ID") else "")
                 if env.get("SLURM_JOB_ID") else None)
             try:

@@ -59,6 +59,9 @@ def run_ops(daemon: Daemon) -> dict[str, ipc.Op]:
         origin = args.get("origin", "client")
         if origin not in ORIGINS:
             raise UsageError(f"origin must be one of {', '.join(ORIGINS)}")
+        existing = registry.runs.get(args.get("run") or "")
+        if existing is not None and _peer(args)[1] not in (0, existing.uid):
+            raise UsageError(f"permission denied: run {existing.run_id} belongs to uid {existing.uid}")
         tags = args.get("tags", {})
         if not all(isinstance(v, str) for v in tags.values()):
             raise UsageError("tag values must be strings")

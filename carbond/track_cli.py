@@ -197,6 +197,7 @@ def run_track(args: argparse.Namespace) -> int:
                 print(f"carbond: error: cannot run {command[0]!r}: {exc.strerror or exc}", file=sys.stderr)
                 run.end("failed", exit_code=code)
                 return code
+            run.attach(child.pid)  # counted from its first tick, not from the daemon's next membership pass
             code = wait_forwarding(child, caught)
             result = run.end("finished" if code == 0 else "failed", exit_code=code)
         if result is not None and not args.quiet:

@@ -110,3 +110,25 @@ def test_a_saved_run_whose_processes_died_ends_at_load(tmp_path: Path):
     again = _registry(tmp_path)
     [restored] = again.load()
     assert restored.status == "finished" and not again.runs
+
+
+def test_a_rank_failing_while_others_go_on_fails_the_run_without_leaking_a_metric(tmp_path: Path):
+    reg = _registry(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run, _ = reg.start("ddp", run_id="l-1", pid=os.getpid(), uid=os.getuid())
+        reg.start("ddp", run_id="l-1", pid=other.pid, uid=os.getuid())
+        reg.end("l-1", status="failed", pid=os.getpid())
+        assert run.active and run.metrics == {}
+        reg.end("l-1", status="finished", pid=other.pid)
+        assert run.status == "failed" and run.metrics == {}
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_torchrun_default_rendezvous_id_is_not_a_run_id():
+    from carbond.client import run_id_from_env
+
+    assert run_id_from_env({"TORCHELASTIC_RUN_ID": "none"}) is None
+    assert run_id_from_env({"TORCHELASTIC_RUN_ID": "job-7"}) == "job-7"
