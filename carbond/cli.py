@@ -63,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     def config_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", metavar="F", help="TOML config file (default /etc/carbond/carbond.toml, "
-                        "or $CARBOND_CONFIG)")
+        sp.add_argument("--config", metavar="F", help="TOML config file (default $CARBOND_CONFIG, else "
+                        "$CONFIGURATION_DIRECTORY/carbond.toml under systemd, else /etc/carbond/carbond.toml)")
 
     r = sub.add_parser("run", help="run the daemon: sample every device, store energy and emissions",
                        description="Run the daemon in the foreground until SIGTERM/SIGINT or --duration. "
-                       "Every point is flushed before it exits.")
+                       "Every point is flushed before it exits. SIGHUP re-reads the configuration (interval, intensity, factors, "
+                       "log level change live; the store, sensors and socket at a restart). Under systemd it speaks "
+                       "sd_notify (Type=notify, WatchdogSec=).")
     config_arg(r)
     r.add_argument("--store", metavar="URL", help="where points go (default: sqlite under $STATE_DIRECTORY "
                    "or $XDG_DATA_HOME/carbond)")
@@ -163,19 +165,22 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from carbond.daemon import Daemon
+    from carbond.sdnotify import Notifier
     from carbond.sensors import build_sensors
     from carbond.store import open_configured_store
 
-    resolved = _settings(args, **{
+    flags = {
         "store.url": args.store, "region.zone": args.region, "daemon.interval_s": args.interval,
         "daemon.socket": args.socket, "daemon.simulate_gpus": args.simulate_gpus, "impacts.pue": args.pue,
-    })
-    settings = resolved.settings
+    }
+    settings = _settings(args, **flags).settings
     _set_level(settings.daemon.log_level, args.verbose)
     store = open_configured_store(settings.store)
     try:
         sensors = build_sensors(settings)
-        daemon = Daemon(settings, sensors, store)
+        # SIGHUP re-reads the same sources (file, environment, these flags); Notifier speaks sd_notify under systemd
+        daemon = Daemon(settings, sensors, store, reload_settings=lambda: _settings(args, **flags).settings,
+                        notifier=Notifier())
     except BaseException:
         store.close()
         raise
