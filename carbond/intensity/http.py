@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from carbond import __version__
 from carbond.errors import CarbondError
+from carbond.httputil import retry_after_s
 
 
 class ProviderError(CarbondError):
@@ -41,26 +42,6 @@ class ProviderUnavailableError(ProviderError):
 
 class ProviderBadResponseError(ProviderError):
     """A response that is not the JSON shape the API documents."""
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class HttpClient:
@@ -101,7 +82,7 @@ class HttpClient:
         if status in (401, 403):
             raise ProviderAuthError(f"{what}: HTTP {status} (check the API key or credentials)")
         if status == 429:
-            retry = parse_retry_after(resp.headers.get("Retry-After"))
+            retry = retry_after_s(resp.headers.get("Retry-After"))
             hint = f"; retry after {retry:g}s" if retry is not None else ""
             raise ProviderRateLimitedError(f"{what}: HTTP 429 rate limited{hint}", retry)
         if status >= 500:

@@ -15,13 +15,12 @@ The original exception stays as ``__cause__``. Messages never include credential
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from collections.abc import Mapping
 from typing import ClassVar
 
 from carbond.errors import StoreError
+from carbond.httputil import retry_after_s
 
 
 class WriteError(StoreError):
@@ -56,22 +55,6 @@ class RejectedWriteError(WriteError):
 
 class DatabaseNotFoundError(RejectedWriteError):
     """404 database (or bucket) not found; the delivery may create it when told to."""
-
-
-def retry_after_s(value: str | None, now_s: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
 
 
 def server_message(body: bytes | str | None, headers: Mapping[str, str] | None = None) -> str:

@@ -14,9 +14,10 @@ from email.utils import format_datetime
 import pytest
 
 from carbond.errors import ConfigError
+from carbond.httputil import retry_after_s as parse_retry_after
 from carbond.intensity import ProviderSettings, load_table, make_provider
 from carbond.intensity.forecast import forecast
-from carbond.intensity.http import HttpClient, ProviderAuthError, parse_retry_after
+from carbond.intensity.http import HttpClient, ProviderAuthError
 from carbond.intensity.live import Backoff, LiveProvider, MarginalOverlay
 from tests.fakes.intensity_apis import EM_TOKEN, WT_PASSWORD, WT_USER, FakeIntensityApis, default_value
 from tests.fakes.intensity_apis import intensity_apis as intensity_apis  # the fixture
