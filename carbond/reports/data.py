@@ -43,6 +43,7 @@ class _HourlyCo2:
     def __init__(self) -> None:
         self.daemon: dict[tuple[str, str], dict[int, tuple[int, int, float]]] = defaultdict(dict)
         self.in_process: dict[int, float] = defaultdict(float)
+        self.in_process_keys: set[tuple[str, str]] = set()
 
     def add(self, p: Point) -> None:
         co2 = p.fields.get("co2_g")
@@ -52,6 +53,7 @@ class _HourlyCo2:
         hour = (p.time_ns // HOUR_NS) * HOUR_NS
         if p.fields.get("in_process"):
             self.in_process[hour] += co2
+            self.in_process_keys.add((run, p.tags.get("host", "")))
             return
         hours = self.daemon[(run, p.tags.get("host", ""))]
         candidate = (p.time_ns, STATUS_RANK.get(p.tags.get("status", ""), 0), co2)
@@ -96,8 +98,9 @@ def load(store: Any, sel: Selection, *, timeline: bool = False, progress: Progre
         lo = sel.since_ns if sel.since_ns is not None else min(r.started_ns or 0 for r in runs)
         hi = sel.until_ns if sel.until_ns is not None else max(r.ended_ns or 0 for r in runs) + 1
         progress.stage("carbond: asking InfluxDB for hourly CO2")
-        for run, host, hour, co2 in sources.influx_hourly_co2(store, Selection((lo // HOUR_NS) * HOUR_NS, hi, sel.where)):
-            acc.daemon[(run, host)][hour] = (hour, 0, co2)
+        for run, host, hour, co2 in sources.influx_hourly_co2(store, Selection(lo, hi, sel.where)):
+            if (run, host) not in acc.in_process_keys:  # those are counted from their own points
+                acc.daemon[(run, host)][hour] = (hour, 0, co2)
     return RunData(tuple(runs), acc.cumulative())
 
 

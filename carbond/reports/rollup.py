@@ -159,6 +159,8 @@ def _matches(tags: Mapping[str, str], where: Sequence[tuple[str, Sequence[str]]]
 
 def _raw(db: sqlite3.Connection, ids_json: str, series: Mapping[int, Mapping[str, str]], cond: str,
          args: Sequence[int]) -> Iterator[Point]:
+    """Raw points; ``cond`` steers the index: ``+col`` keeps SQLite from using ``col``'s index, so the
+    unfolded tail is read by rowid (``id > watermark``) and the edges by time, never the whole table."""
     sql = (f"SELECT series_id, time_ns, fields FROM points WHERE {cond} "
            "AND series_id IN (SELECT value FROM json_each(?))")
     for sid, t, fields in db.execute(sql, (*args, ids_json)):
@@ -192,10 +194,10 @@ def run_points(path: str | Path, since_ns: int | None, until_ns: int | None,
             yield from _raw(db, ids_json, series, "time_ns >= ? AND time_ns < ?", (lo, hi))
             return
         if lo < first_hour:
-            yield from _raw(db, ids_json, series, "time_ns >= ? AND time_ns < ? AND id <= ?", (lo, first_hour, mark))
+            yield from _raw(db, ids_json, series, "time_ns >= ? AND time_ns < ? AND +id <= ?", (lo, first_hour, mark))
         if last_hour < hi:
-            yield from _raw(db, ids_json, series, "time_ns >= ? AND time_ns < ? AND id <= ?", (last_hour, hi, mark))
-        yield from _raw(db, ids_json, series, "id > ? AND time_ns >= ? AND time_ns < ?", (mark, lo, hi))
+            yield from _raw(db, ids_json, series, "time_ns >= ? AND time_ns < ? AND +id <= ?", (last_hour, hi, mark))
+        yield from _raw(db, ids_json, series, "id > ? AND +time_ns >= ? AND +time_ns < ?", (mark, lo, hi))
         sql = ("SELECT series_id, time_ns, fields FROM rollup_run_inprocess WHERE point_id <= ? AND time_ns >= ? "
                "AND time_ns < ? AND series_id IN (SELECT value FROM json_each(?))")
         for sid, t, fields in db.execute(sql, (mark, first_hour, last_hour, ids_json)):

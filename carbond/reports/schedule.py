@@ -252,9 +252,15 @@ def run_report_job(job: ReportJob, settings: Any, *, python: str = sys.executabl
 def schedule_reports(scheduler: Any, reports: Sequence[ReportJob], settings: Any, store_factory: Any = None) -> list[str]:
     """Add one cron job per report to an APScheduler 3 scheduler; returns the job ids.
 
-    ``store_factory`` is not used: each report runs in a child process that opens the store
-    itself from ``settings`` (kept so the daemon can pass one without harm).
+    Idempotent, so a reload calls it again with the new settings: report jobs no longer
+    configured are removed, the others replaced. ``store_factory`` is not used: each report
+    runs in a child process that opens the store itself from ``settings`` (accepted so the
+    daemon may pass one).
     """
+    wanted = {job.job_id for job in reports}
+    for existing in list(scheduler.get_jobs()):
+        if existing.id.startswith("report:") and existing.id not in wanted:
+            scheduler.remove_job(existing.id)
     ids = []
     for job in reports:
         scheduler.add_job(run_report_job, cron_trigger(job.cron), args=(job, settings), id=job.job_id,

@@ -154,6 +154,24 @@ def test_cron_jobs_fire_on_a_running_scheduler(store_url: str, tmp_path: Path, c
     assert "# Lifecycle footprint" in next((tmp_path / "o").glob("good-*.md")).read_text()
 
 
+def test_rescheduling_replaces_and_removes_report_jobs(store_url: str, tmp_path: Path):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.start(paused=True)  # a reload happens on a running scheduler
+    try:
+        settings = settings_for(store_url)
+        first = parse_reports([{**GOOD, "name": "a"}, {**GOOD, "name": "b"}])
+        schedule_reports(scheduler, first, settings)
+        schedule_rollups(scheduler, settings)
+        second = parse_reports([{**GOOD, "name": "b", "cron": "30 2 * * *"}])
+        assert schedule_reports(scheduler, second, settings) == ["report:b"]
+        assert sorted(j.id for j in scheduler.get_jobs()) == ["report-rollups", "report:b"]
+        assert "hour='2'" in str(scheduler.get_job("report:b").trigger)
+    finally:
+        scheduler.shutdown(wait=False)
+
+
 def test_rollups_are_only_scheduled_for_sqlite():
     from apscheduler.schedulers.background import BackgroundScheduler
 
