@@ -164,3 +164,29 @@ def test_compare_errors_list_what_exists():
 def test_pareto_front():
     assert cmp.pareto_front([1, 2, 3, 2, None], [0.5, 0.9, 0.95, 0.8, 1.0]) == [True, True, True, False, None]
     assert cmp.pareto_front([1, 1], [0.5, 0.5]) == [True, True]  # ties do not dominate
+
+
+def test_query_frame_keeps_the_aggregation_in_the_store(tmp_path):
+    from carbond.reports.data import query_frame
+    from carbond.store.base import Query, make_point
+    from carbond.store.sqlite import SqliteStore
+
+    t0 = 1_700_000_000 * S // (3600 * S) * (3600 * S)
+    store = SqliteStore(tmp_path / "s.db")
+    store.write([make_point("job", {"host": "h", "phase": phase, "run": "r"}, {"energy_j": e}, t0 + i * 1800 * S)
+                 for i, (phase, e) in enumerate([("training", 1.0), ("training", 2.0), ("inference", 4.0)])])
+    frame = query_frame(store, Query("job", ("energy_j",), "sum", group_by=("phase",), every_s=3600))
+    store.close()
+    assert list(frame.columns) == ["time", "phase", "energy_j"]
+    assert frame.to_dict("list")["energy_j"] == [4.0, 3.0] and list(frame["phase"]) == ["inference", "training"]
+    assert str(frame["time"].dt.tz) == "UTC"
+
+
+def test_the_daemon_side_imports_no_pandas_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, carbond, carbond.reports.schedule, carbond.reports.rollup, carbond.reports.cli; "
+            "carbond.estimate; print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'matplotlib', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
