@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from carbond.errors import ConfigError
+from carbond.errors import ConfigError, UsageError
 from carbond.factors import Sourced
 from carbond.impacts import HOURS_PER_YEAR, J_PER_KWH
 from carbond.reports.estimate import ResolvedFactors, resolve_factors
@@ -175,7 +175,7 @@ def scenario_factors(sc: Scenario, default_zone: str, default_intensity_g_per_kw
                                default_zone=default_zone, default_intensity=configured)
     except ConfigError:
         raise
-    except Exception as exc:  # a bad value that slipped through: still name the table
+    except UsageError as exc:  # e.g. a configured default zone the table does not know: still name the table
         raise ConfigError(f"scenario {sc.source}: [factors]: {exc}") from exc
 
 
@@ -193,7 +193,7 @@ def lifecycle_rows(frame: Any, sc: Scenario | None, f: ResolvedFactors | None) -
         d["runs"] = r.runs if r.basis == "measured" else None
         d["share_pct"] = r.co2e_kg / total * 100.0 if total > 0 else None
         out.append(d)
-    out.append({"phase": "TOTAL", "basis": "+".join(sorted({r.basis for r in rows}, reverse=False)) if rows else "",
+    out.append({"phase": "TOTAL", "basis": "+".join(sorted({r.basis for r in rows})) if rows else "",
                 "runs": sum(r.runs for r in rows), "duration_h": sum(r.duration_h for r in rows),
                 "energy_kwh": sum(r.energy_kwh for r in rows), "co2_kg": sum(r.co2_kg for r in rows),
                 "water_l": sum(r.water_l for r in rows), "embodied_kg": sum(r.embodied_kg for r in rows),
