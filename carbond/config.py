@@ -112,6 +112,7 @@ class Settings:
     sensors: SensorSettings
     attribution: AttributionSettings
     prometheus: PrometheusSettings
+    reports: tuple[Any, ...] = ()  # carbond.reports.schedule.ReportJob, from [[reports]] tables
 
 
 SECTIONS: dict[str, type] = {
@@ -393,6 +394,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     for spec in SPECS:
         known_keys.setdefault(spec.section, set()).add(spec.key)
     for section, body in data.items():
+        if section == "reports":  # [[reports]] tables: checked by carbond.reports.schedule.parse_reports
+            continue
         if section not in known_keys:
             raise ConfigError(
                 f"config file {path}: unknown section [{section}]; valid sections: {', '.join(known_keys)}"
@@ -461,5 +464,10 @@ def load_settings(
             raise ConfigError(f"[store] token_file {store['token_file']}: {exc.strerror}") from exc
         origins["store.token"] = f"file {store['token_file']}"
 
-    settings = Settings(**{name: cls(**values[name]) for name, cls in SECTIONS.items()})
+    reports: tuple[Any, ...] = ()
+    if file_data.get("reports") is not None:
+        from carbond.reports.schedule import parse_reports
+
+        reports = parse_reports(file_data["reports"], where=f"config file {config_path}: [[reports]]")
+    settings = Settings(**{name: cls(**values[name]) for name, cls in SECTIONS.items()}, reports=reports)
     return Resolved(settings=settings, origins=origins, config_path=config_path)

@@ -450,6 +450,10 @@ class Daemon:
         self._scheduler.add_job(self.maintain_runs, IntervalTrigger(seconds=RUNS_EVERY_S), id="runs", max_instances=1,
                                 coalesce=True, misfire_grace_time=None)
         self._schedule_refresh()
+        from carbond.reports.schedule import schedule_reports, schedule_rollups
+
+        schedule_reports(self._scheduler, self.settings.reports, self.settings)
+        schedule_rollups(self._scheduler, self.settings)
         self._scheduler.start()
         log.info("carbond %s measuring %d devices every %gs into %s (flushed every %gs); socket %s%s", __version__,
                  sum(len(s.devices()) for s in self.sensors), self.settings.daemon.interval_s, self.store.url,
@@ -580,6 +584,11 @@ class Daemon:
                 self._scheduler.reschedule_job("flush", trigger=IntervalTrigger(seconds=plan.settings.store.flush_interval_s))
             if provider is not None or plan.changed("intensity.refresh_s"):
                 self._schedule_refresh()
+            if new.reports != old.reports:
+                from carbond.reports.schedule import schedule_reports
+
+                jobs = schedule_reports(self._scheduler, new.reports, self.settings)
+                log.info("reload: %d scheduled reports", len(jobs))
         for spec in plan.applied:
             log.info("reload: %s", describe(spec, getattr(getattr(old, spec.section), spec.key),
                                              getattr(getattr(plan.settings, spec.section), spec.key)))

@@ -62,4 +62,4 @@ def plan_reload(old: Settings, new: Settings) -> ReloadPlan:
             applied.append(spec)
     sections = {name: dataclasses.replace(getattr(new, name), **keep[name]) if keep[name] else getattr(new, name)
                 for name in SECTIONS}
-    return ReloadPlan(Settings(**sections), tuple(applied), tuple(pending))
+    return ReloadPlan(Settings(**sections, reports=new.reports), tuple(applied), tuple(pending))  # reports apply live

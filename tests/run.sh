@@ -24,7 +24,7 @@ if [ -n "$missing" ]; then
 fi
 
 PY="${PYTHON:-python3}"
-PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check -e '.[test,influx]'
+PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check -e '.[test,influx,reports]'
 
 "$PY" -m ruff check carbond tests
 exec "$PY" -m pytest -p no:cacheprovider "$@"
