@@ -1,10 +1,12 @@
-"""``python -m carbond.reports report lifecycle|compare ...`` / ``estimate ...``: the report commands on their own.
+"""``python -m carbond.reports report lifecycle|compare ...`` / ``estimate ...``.
 
-Scheduled reports run through this entry point (a child process of the daemon).
+The same commands as ``carbond report`` and ``carbond estimate`` (one parser, one set of
+exit codes: :func:`carbond.cli.main`). Scheduled reports run through this entry point, as a
+child process of the daemon.
 """
 
 import sys
 
-from carbond.reports.cli import main
+from carbond.cli import main
 
 sys.exit(main())

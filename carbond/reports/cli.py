@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,50 +222,3 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         print("\n".join(result.lines()))
     return 0
-
-
-# --- standalone entry point ---------------------------------------------------------------------------------------
-
-_TIME_FLAGS = ("--since", "--until")
-
-
-def _join_relative_times(argv: Sequence[str]) -> list[str]:
-    """``--since -7d`` → ``--since=-7d`` (argparse would take ``-7d`` for an option)."""
-    out: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg in _TIME_FLAGS:
-            value = next(it, None)
-            out.append(arg if value is None else f"{arg}={value}")
-        else:
-            out.append(arg)
-    return out
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="carbond", description="carbond reports and estimates")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    build_report_parser(sub)
-    build_estimate_parser(sub)
-    args = parser.parse_args(_join_relative_times(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"carbond: error: {exc}", file=sys.stderr)
-        return 2
-    except CarbondError as exc:
-        print(f"carbond: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import carbond
+from carbond.cli import main
 from carbond.errors import UnknownZoneError, UsageError
-from carbond.reports.cli import main
 from carbond.reports.estimate import estimate
 
 LB_PER_KG = 1 / 0.45359237
