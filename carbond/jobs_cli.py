@@ -52,7 +52,7 @@ class HostRun:
     extra_status: str = ""
     extra_started_ns: int | None = None
     extra_ended_ns: int | None = None
-    extra_metrics: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (time, latest value)
+    extra_metrics: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # name -> (time, value, status rank)
     live: bool = False  # from the daemon's ``runs`` op, not from the store
 
 
@@ -118,9 +118,13 @@ def reduce_points(points: Iterable[Any], acc: dict[tuple[str, str], HostRun] | N
             h.extra_started_ns = start if h.extra_started_ns is None else min(h.extra_started_ns, start)
             h.extra_ended_ns = end if h.extra_ended_ns is None else max(h.extra_ended_ns, end)
             h.extra_status = _worse(p.tags.get("status", "finished"), h.extra_status or "running")
+            # the latest value wins; at the same time the ended point's (as for daemon points): order-independent
+            rank = STATUS_RANK.get(p.tags.get("status", ""), 0)
             for key, value in f.items():
-                if key.startswith("metric_") and p.time_ns >= h.extra_metrics.get(key[7:], (-1, 0.0))[0]:
-                    h.extra_metrics[key[7:]] = (p.time_ns, value)
+                if key.startswith("metric_"):
+                    seen = h.extra_metrics.get(key[7:])
+                    if seen is None or (p.time_ns, rank, value) >= (seen[0], seen[2], seen[1]):
+                        h.extra_metrics[key[7:]] = (p.time_ns, value, rank)
         elif (p.time_ns, STATUS_RANK.get(p.tags.get("status", ""), 0)) >= (h.time_ns, STATUS_RANK.get(
                 h.tags.get("status", ""), 0)) or h.time_ns < 0:
             h.time_ns, h.tags, h.fields = p.time_ns, dict(p.tags), dict(f)
@@ -146,7 +150,7 @@ def _host_view(h: HostRun) -> tuple[dict[str, float], dict[str, float], dict[str
         status = _worse(status or "running", h.extra_status) if status else h.extra_status
         started = h.extra_started_ns if started is None else min(started, h.extra_started_ns or started)
         ended = h.extra_ended_ns if ended is None else max(ended, h.extra_ended_ns or ended)
-        for name, (when, value) in h.extra_metrics.items():
+        for name, (when, value, _rank) in h.extra_metrics.items():
             if name not in metrics or when >= h.time_ns:
                 metrics[name] = value
     return totals, units, metrics, status, started, ended
