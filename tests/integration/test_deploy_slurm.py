@@ -4,6 +4,7 @@ no carbond code in the job, no client, only the environment."""
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def test_a_slurm_task_is_attributed_with_no_code_change(carbond, tmp_path):
     go = tmp_path / "go"
     try:
         wait_for(lambda: carbond("status", "--socket", carbond.socket).returncode == 0, timeout_s=60)
-        slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "bert-ft", "SLURM_JOB_ACCOUNT": "nlp",
+        job_id = str(random.randrange(10**6, 10**7))  # unique: another copy of this suite may run on the machine
+        slurm = {"SLURM_JOB_ID": job_id, "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "bert-ft", "SLURM_JOB_ACCOUNT": "nlp",
                  "SLURM_JOB_PARTITION": "gpu"}
         env = {**carbond.env, **slurm}
         env.update(taskprolog(env))
@@ -56,10 +58,10 @@ def test_a_slurm_task_is_attributed_with_no_code_change(carbond, tmp_path):
             return json.loads(r.stdout)["runs"] if r.returncode == 0 else []
 
         def ours() -> list[dict]:  # the daemon sees every tagged process on the machine, other tests' too
-            return [r for r in active() if r["run"] == "4242.0"]
+            return [r for r in active() if r["run"] == f"{job_id}.0"]
 
         (run,) = wait_for(ours, timeout_s=60)  # found by its environment (discovery every few seconds)
-        assert (run["job"], run["run"], run["project"]) == ("bert-ft", "4242.0", "nlp")
+        assert (run["job"], run["run"], run["project"]) == ("bert-ft", f"{job_id}.0", "nlp")
         go.write_text("go")
         assert task.wait(120) == 0
         wait_for(lambda: not ours(), timeout_s=60)
@@ -69,5 +71,5 @@ def test_a_slurm_task_is_attributed_with_no_code_change(carbond, tmp_path):
         _, err = daemon.communicate(timeout=120)
     assert daemon.returncode == 0, err
     doc = json.loads(carbond("jobs", "--json", "--store", carbond.store, "--socket", carbond.socket, check=True).stdout)
-    (job,) = [r for r in doc["runs"] if r["run"] == "4242.0"]
+    (job,) = [r for r in doc["runs"] if r["run"] == f"{job_id}.0"]
     assert job["job"] == "bert-ft" and job["project"] == "nlp" and job["status"] == "finished" and job["energy_kwh"] > 0

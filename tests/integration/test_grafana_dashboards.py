@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from tests.conftest import Carbond, wait_for
 
 influx_server = influx_servers.influx_server
 BURN = "import time\nt = time.process_time() + {s}\nwhile time.process_time() < t: pass"
-PREFERRED = {"host": "gpu-node-1", "project": "proj-x", "job": "train-a", "phase": "training"}
+TOKEN = uuid.uuid4().hex[:6]  # job names unique to this run: the daemons also see other suites' tagged processes
 WORK = [  # (daemon index, job, project, phase)
-    (0, "train-a", "proj-x", "training"),
-    (1, "eval-b", "proj-y", "validation"),
+    (0, f"train-a-{TOKEN}", "proj-x", "training"),
+    (1, f"eval-b-{TOKEN}", "proj-y", "validation"),
 ]
+PREFERRED = {"host": "gpu-node-1", "project": "proj-x", "job": WORK[0][1], "phase": "training"}
 
 
 def _rows(server: Influxd, database: str, query: str) -> list[dict]:
@@ -154,7 +156,7 @@ def test_variables_list_what_the_daemons_wrote(filled):
                               {"host": ".*", "project": ".*", "job": ".*", "phase": ".*"})
     assert set(values["host"]) >= {"gpu-node-1", "gpu-node-2"}
     assert set(values["project"]) >= {"proj-x", "proj-y"}
-    assert set(values["job"]) >= {"train-a", "eval-b"}
+    assert set(values["job"]) >= {job for _, job, _, _ in WORK}
     assert set(values["phase"]) >= {"training", "validation"}
 
 
@@ -170,10 +172,10 @@ def test_run_annotations_mark_each_run_once(filled):
             assert column in cols  # Grafana maps annotation text and tags from these columns
         for row in series["values"]:
             rec = dict(zip(cols, row, strict=True))
-            if rec["job"] not in ("train-a", "eval-b"):
+            if rec["job"] not in {job for _, job, _, _ in WORK}:
                 continue  # the daemons also attribute tagged processes of other tests running on this machine
             assert rec["status"] == "finished" and rec["energy_j"] > 0
             key = (series["tags"]["host"], rec["job"], rec["run"])
             by_run[key] = by_run.get(key, 0) + 1
-    assert {job for _, job, _ in by_run} >= {"train-a", "eval-b"}
+    assert {job for _, job, _ in by_run} >= {job for _, job, _, _ in WORK}
     assert set(by_run.values()) == {1}  # one marker per run, however often its totals were written

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections import defaultdict
 
 import pytest
@@ -22,6 +23,7 @@ influx_server, influx_db = influx_servers.influx_server, influx_servers.influx_d
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+JOB = f"prom-job-{uuid.uuid4().hex[:6]}"  # unique: another copy of this suite may run on the machine
 BURN = "import time\nt = time.process_time() + 1.5\nwhile time.process_time() < t: pass"
 
 
@@ -77,7 +79,7 @@ def test_counters_agree_with_the_store_and_a_stuck_scraper_blocks_nothing(carbon
     stuck = socket.socket()
     try:
         wait_for(lambda: _status(carbond), timeout_s=60)
-        tracked = subprocess.run([sys.executable, "-m", "carbond", "track", "--job", "prom-job", "--project", "prom",
+        tracked = subprocess.run([sys.executable, "-m", "carbond", "track", "--job", JOB, "--project", "prom",
                                   "--phase", "training", "--socket", carbond.socket, "--", sys.executable, "-c", BURN],
                                  env=carbond.env, capture_output=True, text=True, timeout=120)
         assert tracked.returncode == 0, tracked.stderr
@@ -113,10 +115,10 @@ def test_counters_agree_with_the_store_and_a_stuck_scraper_blocks_nothing(carbon
     assert sum(metrics["carbond_water_litres_total"].values()) == pytest.approx(total("host", "water_l"), rel=1e-9)
     assert sum(metrics["carbond_embodied_grams_total"].values()) == pytest.approx(total("host", "embodied_g"), rel=1e-9)
     # the daemon attributes every tagged process on the machine (other tests' too): look at ours
-    runs = {labels: j for labels, j in metrics["carbond_run_energy_joules_total"].items() if dict(labels)["job"] == "prom-job"}
+    runs = {labels: j for labels, j in metrics["carbond_run_energy_joules_total"].items() if dict(labels)["job"] == JOB}
     (labels, run_j), = runs.items()
     run = dict(labels)
-    assert (run["job"], run["project"], run["phase"]) == ("prom-job", "prom", "training")
+    assert (run["job"], run["project"], run["phase"]) == (JOB, "prom", "training")
     assert run_j > 0 and run_j == pytest.approx(total("job", "energy_j", f" AND \"run\" = '{run['run']}'"), rel=1e-9)
     co2 = metrics["carbond_run_co2_grams_total"][labels]
     assert co2 == pytest.approx(total("job", "co2_g", f" AND \"run\" = '{run['run']}'"), rel=1e-9)
