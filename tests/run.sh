@@ -10,7 +10,7 @@ SUDO=""
 # Real servers the integration suites start on loopback (see docs/performance.md, tests/integration).
 # InfluxDB 1.6.7 (Debian), and Go + VictoriaMetrics sources for a real /api/v2/write server
 # (built once by the test fixture, cached in ~/.cache/carbond-tests).
-APT_PACKAGES="influxdb openssl golang-go golang-github-victoriametrics-victoriametrics-dev \
+APT_PACKAGES="influxdb openssl systemd golang-go golang-github-victoriametrics-victoriametrics-dev \
   golang-github-valyala-fastjson-dev golang-github-valyala-fastrand-dev golang-github-valyala-quicktemplate-dev \
   golang-github-valyala-histogram-dev golang-github-victoriametrics-metrics-dev \
   golang-github-victoriametrics-metricsql-dev golang-github-victoriametrics-fastcache-dev"
