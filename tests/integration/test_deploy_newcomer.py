@@ -29,10 +29,10 @@ NO_INDEX = re.compile(r"Could not find a version|Failed to establish a new conne
 def _pip_args() -> str:
     """Offline when this interpreter can build a wheel itself; else pip builds carbond in an isolated
     environment with setuptools from the package index (as on a newcomer's machine), cached between runs."""
-    import setuptools
-
-    version = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
-    if importlib.util.find_spec("wheel") is not None or version >= (70, 1):
+    # The new venv brings its own setuptools from ensurepip (65.x on Python 3.11), which shadows a
+    # newer one in this interpreter's site-packages: only ``wheel`` seen through
+    # --system-site-packages lets that old setuptools build a wheel offline.
+    if importlib.util.find_spec("wheel") is not None:
         return "--no-index --no-deps --no-build-isolation"
     return "--no-deps"
 
