@@ -386,10 +386,14 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except PermissionError as exc:
-        raise ConfigError(f"config file {path} is not readable: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} is not readable: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML (UTF-8): {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to be a carbond config") from None
     known_keys = {}
     for spec in SPECS:
         known_keys.setdefault(spec.section, set()).add(spec.key)
@@ -460,8 +464,8 @@ def load_settings(
     if not store["token"] and store["token_file"]:
         try:
             store["token"] = Path(store["token_file"]).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"[store] token_file {store['token_file']}: {exc.strerror}") from exc
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or not UTF-8
+            raise ConfigError(f"[store] token_file {store['token_file']!r}: {getattr(exc, 'strerror', None) or exc}") from exc
         origins["store.token"] = f"file {store['token_file']}"
 
     reports: tuple[Any, ...] = ()

@@ -47,9 +47,12 @@ class Series:
 def _parse_time(text: str, where: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        t = (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise UsageError(f"{where}: {text!r} is not an ISO 8601 time (e.g. 2026-11-30T13:00:00Z)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+    if not 1970 <= t.year <= 9998:  # room for a period's end; before 1970 is no grid data we know
+        raise UsageError(f"{where}: {text!r} is outside the years 1970–9998")
+    return t
 
 
 def _parse_value(text: str, column: str, where: str) -> float:

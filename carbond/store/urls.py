@@ -67,15 +67,21 @@ def parse_store_url(url: str) -> StoreUrl:
     if scheme not in _INFLUX_SCHEMES:
         raise _bad(url, f"unknown scheme {scheme!r}")
     version, tls = _INFLUX_SCHEMES[scheme]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. an unclosed or invalid IPv6 literal
+        raise _bad(url, f"the host is not valid ({exc})") from None
     try:
         port = parts.port
     except ValueError:
         raise _bad(url, "the port is not a number between 1 and 65535") from None
-    if not parts.hostname:
+    if not hostname:
         raise _bad(url, "no host")
     if port is None:
         raise _bad(url, "no port (InfluxDB listens on 8086 by default)")
+    if port == 0:
+        raise _bad(url, "the port is not a number between 1 and 65535")
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
         raise _bad(url, "the path must be one database (v1) or bucket (v2) name")
@@ -90,7 +96,7 @@ def parse_store_url(url: str) -> StoreUrl:
         kind="influxdb",
         version=version,
         tls=tls,
-        host=parts.hostname,
+        host=hostname,
         port=port,
         database=database,
         username=unquote(parts.username or ""),
