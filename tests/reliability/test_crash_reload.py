@@ -3,6 +3,7 @@ over and over while runs are active — against a real InfluxDB 1.6.7. Exact cou
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -160,3 +161,50 @@ def test_sighup_storm_with_active_runs_loses_no_point(influx_db, live_daemons, t
         assert jobs.get(t, 0.0) + h["unattributed_j"] == pytest.approx(h["energy_j"], rel=1e-9, abs=1e-9)
     finals = [p for p in stored(server, db, "run") if p.tags["status"] == "finished"]
     assert sorted(p.tags["run"] for p in finals) == sorted(runs)
+
+
+# --- runs at scale -------------------------------------------------------------------------------
+def test_status_and_runs_answer_with_200_active_runs(carbond, live_daemons):
+    """Injected: 200 active runs (one client, one run.start each). Asserted: ``carbond status --json`` exits 0
+    and lists the 200 runs; the ``runs`` op (``carbond jobs``) answers them all; the daemon ticks on."""
+    d = live_daemons(carbond.store, gpus=0)
+    d.start()
+    started = {ipc.request(d.socket, "run.start", job=f"many-{i}", timeout_s=30)["run"] for i in range(200)}
+    r = carbond("status", "--json", "--socket", d.socket)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert {x["run"] for x in json.loads(r.stdout)["runs"]} == started
+    assert {x["run"] for x in ipc.request(d.socket, "runs", timeout_s=30)["runs"]} == started
+    d.wait_ticks(d.ticks() + 4)
+    stopped = d.stop()
+    assert stopped.returncode == 0
+
+
+def test_concurrent_run_ops_save_the_registry_without_losing_a_write(carbond, live_daemons):
+    """Injected: 8 clients at once, each starting and ending 25 runs and leaving one more running, then SIGKILL
+    of the daemon and a restart. Asserted: no save of the run registry failed (each run op saves it), and after
+    the restart exactly the 8 runs left running are active again."""
+    d = live_daemons(carbond.store, gpus=0)
+    d.start()
+    left: list[str] = []
+
+    def client(i: int) -> None:
+        for k in range(25):
+            run = ipc.request(d.socket, "run.start", job=f"c{i}-{k}", timeout_s=60)["run"]
+            ipc.request(d.socket, "run.end", run=run, timeout_s=60)
+        left.append(ipc.request(d.socket, "run.start", job=f"c{i}-left", timeout_s=60)["run"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(left) == 8
+    d.kill9()
+    first_life = d.stderr()
+    d.start()
+    active = {r["run"] for r in d.status()["runs"]}
+    stopped = d.stop()
+    assert stopped.returncode == 0
+    assert first_life.count("could not save the run registry") == 0, [
+        line for line in first_life.splitlines() if "could not save" in line][:2]
+    assert active == set(left)
