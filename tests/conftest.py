@@ -55,6 +55,14 @@ class Carbond:
         return subprocess.Popen([sys.executable, "-m", "carbond", *args], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def status(self, min_ticks: int = 0, socket: str | None = None) -> dict | None:
+        """The running daemon's ``status --json`` once it has made ``min_ticks`` ticks; None before."""
+        r = self("status", "--json", "--socket", socket or self.socket)
+        if r.returncode != 0:
+            return None
+        doc = json.loads(r.stdout)
+        return doc if doc["stats"]["ticks"] >= min_ticks else None
+
     def export(self, measurement: str, store: str | None = None) -> list[dict]:
         out = self("export", "--store", store or self.store, "--measurement", measurement, "--format", "jsonl",
                    check=True).stdout

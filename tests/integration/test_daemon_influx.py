@@ -28,14 +28,6 @@ def _export(carbond, url: str, measurement: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def _status(carbond, min_ticks: int):
-    r = carbond("status", "--json", "--socket", carbond.socket)
-    if r.returncode != 0:
-        return None
-    doc = json.loads(r.stdout)
-    return doc if doc["stats"]["ticks"] >= min_ticks else None
-
-
 def _check_points(carbond, url: str, ticks: int) -> None:
     """Exactly one host point per measured tick, N devices each, host = Σ devices, in order."""
     hosts = _export(carbond, url, "host")
@@ -79,10 +71,10 @@ def test_outage_mid_run_every_tick_arrives_once_in_order(carbond, influxd_factor
     try:
         wait_for(lambda: server.count("carbond", "host") >= 4, timeout_s=60)
         server.stop()  # the outage
-        before = _status(carbond, 1)["stats"]["ticks"]
-        wait_for(lambda: _status(carbond, before + 4 * outage_s), timeout_s=outage_s * 3 + 60)  # ticks while it is down
+        before = carbond.status(1)["stats"]["ticks"]
+        wait_for(lambda: carbond.status(before + 4 * outage_s), timeout_s=outage_s * 3 + 60)  # ticks while it is down
         server.start()
-        after = _status(carbond, 1)["stats"]["ticks"]
+        after = carbond.status(1)["stats"]["ticks"]
         wait_for(lambda: server.count("carbond", "host") >= after - 1, timeout_s=60)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
@@ -103,7 +95,7 @@ def test_kill_9_during_an_outage_then_restart_loses_nothing(carbond, influxd_fac
     try:
         wait_for(lambda: server.count("carbond", "host") >= 2, timeout_s=60)
         server.stop()
-        status = wait_for(lambda: _status(carbond, 12), timeout_s=60)
+        status = wait_for(lambda: carbond.status(12), timeout_s=60)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:

@@ -124,8 +124,5 @@ def test_daemon_uses_the_live_value_of_the_current_hour(carbond):
 
 
 def _status_after(carbond, ticks: int):
-    r = carbond("status", "--json", "--socket", carbond.socket)
-    if r.returncode != 0:
-        return None
-    doc = json.loads(r.stdout)
-    return doc if doc["stats"]["ticks"] >= ticks and doc["last_tick"] else None
+    doc = carbond.status(ticks)
+    return doc if doc and doc["last_tick"] else None

@@ -65,7 +65,7 @@ def test_sigterm_stops_cleanly_and_flushes_every_point(carbond):
     proc = carbond.start("run", "--store", carbond.store, "--interval", "0.2", "--socket", carbond.socket,
                          "--simulate-gpus", "1")
     try:
-        status = wait_for(lambda: _status(carbond, min_ticks=5), timeout_s=60)
+        status = wait_for(lambda: carbond.status(min_ticks=5), timeout_s=60)
         assert status["store"] == carbond.store
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -85,19 +85,11 @@ def test_sigterm_stops_cleanly_and_flushes_every_point(carbond):
     assert not os.path.exists(carbond.socket)
 
 
-def _status(carbond, min_ticks: int):
-    r = carbond("status", "--json", "--socket", carbond.socket)
-    if r.returncode != 0:
-        return None
-    doc = json.loads(r.stdout)
-    return doc if doc["stats"]["ticks"] >= min_ticks else None
-
-
 def test_status_and_devices_from_a_running_daemon(carbond):
     proc = carbond.start("run", "--store", carbond.store, "--interval", "0.2", "--socket", carbond.socket,
                          "--simulate-gpus", "2", "--region", "FR")
     try:
-        doc = wait_for(lambda: _status(carbond, min_ticks=3), timeout_s=60)
+        doc = wait_for(lambda: carbond.status(min_ticks=3), timeout_s=60)
         last = doc["last_tick"]
         fr = load_table().lookup("FR")
         assert last["zone"] == "FR" and last["intensity_g_per_kwh"] == fr.intensity_g_per_kwh and last["basis"] == fr.basis
@@ -167,7 +159,7 @@ def test_kill_9_loses_no_tick_the_journal_is_replayed_at_the_next_start(carbond)
     carbond.env["CARBOND_STORE_FLUSH_INTERVAL_S"] = "3600"
     proc = carbond.start("run", "--store", carbond.store, "--interval", "0.2", "--socket", carbond.socket)
     try:
-        status = wait_for(lambda: _status(carbond, min_ticks=8), timeout_s=60)
+        status = wait_for(lambda: carbond.status(min_ticks=8), timeout_s=60)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:

@@ -24,15 +24,10 @@ from tests.conftest import wait_for
 WORKER = str(Path(__file__).with_name("worker.py"))
 
 
-def _status(carbond):
-    r = carbond("status", "--json", "--socket", carbond.socket)
-    return json.loads(r.stdout) if r.returncode == 0 else None
-
-
 def _daemon(carbond, *extra: str) -> subprocess.Popen:
     carbond.env["CARBOND_STORE_FLUSH_INTERVAL_S"] = "0.5"
     proc = carbond.start("run", "--store", carbond.store, "--interval", "0.25", "--socket", carbond.socket, *extra)
-    wait_for(lambda: _status(carbond), timeout_s=60)
+    wait_for(lambda: carbond.status(), timeout_s=60)
     return proc
 
 
@@ -64,11 +59,11 @@ def test_two_concurrent_runs_split_cpu_energy_by_cpu_time_and_conserve_energy(ca
         a = _tracked(carbond, "heavy", 1.0, tmp_path / "a.json", go)
         b = _tracked(carbond, "light", 0.35, tmp_path / "b.json", go)
         wait_for(lambda: (tmp_path / "a.json.started").exists() and (tmp_path / "b.json.started").exists(), 60)
-        wait_for(lambda: len((_status(carbond) or {"runs": []})["runs"]) == 2, timeout_s=60)
-        run_ids = {r["job"]: r["run"] for r in _status(carbond)["runs"]}
+        wait_for(lambda: len((carbond.status() or {"runs": []})["runs"]) == 2, timeout_s=60)
+        run_ids = {r["job"]: r["run"] for r in carbond.status()["runs"]}
         go.write_text("go")
         assert a.wait(120) == 0 and b.wait(120) == 0
-        wait_for(lambda: not (_status(carbond) or {"runs": [1]})["runs"], timeout_s=30)
+        wait_for(lambda: not (carbond.status() or {"runs": [1]})["runs"], timeout_s=30)
     finally:
         _stop(daemon)
     ra, rb = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
@@ -101,7 +96,7 @@ def test_processes_sharing_a_run_id_are_one_run(carbond, tmp_path):
         go = tmp_path / "go"
         ranks = [_worker(carbond, "ddp", "launch-42", 0.5, 2, tmp_path / f"r{i}.json", go) for i in range(2)]
         wait_for(lambda: all((tmp_path / f"r{i}.json.started").exists() for i in range(2)), 60)
-        runs = _status(carbond)["runs"]
+        runs = carbond.status()["runs"]
         assert [r["run"] for r in runs] == ["launch-42"] and len(runs[0]["pids"]) >= 2
         go.write_text("go")
         assert all(r.wait(120) == 0 for r in ranks)
@@ -123,10 +118,10 @@ def test_env_tagged_process_is_a_run_without_any_client(carbond, tmp_path):
     try:
         env = {**carbond.env, "CARBOND_JOB": "zero-code", "CARBOND_PROJECT": "envproj", "CARBOND_PHASE": "inference"}
         child = subprocess.Popen([sys.executable, WORKER, "-", "x", "-", "0.8", "4", str(tmp_path / "e.json")], env=env)
-        seen = wait_for(lambda: [r for r in (_status(carbond) or {"runs": []})["runs"] if r["job"] == "zero-code"], 60)
+        seen = wait_for(lambda: [r for r in (carbond.status() or {"runs": []})["runs"] if r["job"] == "zero-code"], 60)
         assert seen[0]["origin"] == "env" and seen[0]["project"] == "envproj" and seen[0]["phase"] == "inference"
         assert child.wait(120) == 0
-        wait_for(lambda: not [r for r in _status(carbond)["runs"] if r["job"] == "zero-code"], timeout_s=60)
+        wait_for(lambda: not [r for r in carbond.status()["runs"] if r["job"] == "zero-code"], timeout_s=60)
     finally:
         _stop(daemon)
     finals = [p for p in carbond.export("run") if p["tags"]["job"] == "zero-code" and p["tags"]["status"] == "finished"]
@@ -140,10 +135,10 @@ def test_daemon_restart_mid_run_keeps_the_run(carbond, tmp_path):
     try:
         wait_for(lambda: (tmp_path / "w.json.started").exists(), 60)
         go.write_text("go")
-        wait_for(lambda: [r for r in _status(carbond)["runs"] if r["energy_j"] > 0], timeout_s=60)
+        wait_for(lambda: [r for r in carbond.status()["runs"] if r["energy_j"] > 0], timeout_s=60)
         _stop(daemon)  # the daemon goes away while the run goes on
         daemon = _daemon(carbond)
-        runs = _status(carbond)["runs"]
+        runs = carbond.status()["runs"]
         assert [r["job"] for r in runs] == ["long"] and runs[0]["energy_j"] > 0
         assert w.wait(120) == 0  # its run.end reaches the new daemon
     finally:
@@ -211,7 +206,7 @@ def test_another_uid_cannot_register_a_process_it_does_not_own(carbond, other_us
         hijack = _as_user(other_user, lambda: ipc.request(carbond.socket, "run.end", run=root_run))
         assert "permission denied" in hijack["error"]
         # its process (the fork) is gone, so the run ends by itself
-        wait_for(lambda: run_id not in [r["run"] for r in _status(carbond)["runs"]], timeout_s=60)
+        wait_for(lambda: run_id not in [r["run"] for r in carbond.status()["runs"]], timeout_s=60)
     finally:
         _stop(daemon)
 
@@ -263,7 +258,7 @@ def test_bad_messages_get_error_replies_and_10000_fuzzed_ones_crash_nothing(carb
                     assert reply["v"] == 1 and isinstance(reply["ok"], bool)
                     replies += 1
         assert replies > 9000
-        assert _status(carbond) is not None and daemon.poll() is None
+        assert carbond.status() is not None and daemon.poll() is None
     finally:
         err = _stop(daemon)
     assert "Traceback" not in err
@@ -299,7 +294,7 @@ def test_client_and_track_and_jobs_against_the_real_daemon(carbond, tmp_path):
         tr = carbond("track", "--job", "cli-job", "--project", "p", "--socket", carbond.socket, "--",
                      sys.executable, "-c", burn)
         assert tr.returncode == 3  # the command's exit code
-        wait_for(lambda: not _status(carbond)["runs"], timeout_s=60)
+        wait_for(lambda: not carbond.status()["runs"], timeout_s=60)
     finally:
         _stop(daemon)
     doc = json.loads(carbond("jobs", "--json", "--store", carbond.store, "--socket", carbond.socket, check=True).stdout)
