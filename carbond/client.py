@@ -214,7 +214,7 @@ def exchange(path: str, messages: list[tuple[str, dict[str, Any]]], timeout_s: f
         replies = []
         with sock.makefile("rb") as fh:
             for _ in messages:
-                line = ipc.read_line(fh, limit=16 * ipc.MAX_MESSAGE_BYTES)
+                line = ipc.read_line(fh, limit=ipc.MAX_REPLY_BYTES)
                 if line is None:
                     raise OSError(f"carbond daemon on {path} closed the connection without a reply")
                 reply = json.loads(line)

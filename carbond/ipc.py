@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 from carbond.errors import CarbondError, DaemonUnavailableError
 
 PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024  # a request
+MAX_REPLY_BYTES = 16 * MAX_MESSAGE_BYTES  # a reply (status with hundreds of active runs)
 
 
 class ProtocolError(CarbondError):
@@ -35,10 +36,10 @@ class Op:
     required: tuple[str, ...] = ()
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
+def encode(message: Mapping[str, Any], limit: int = MAX_MESSAGE_BYTES) -> bytes:
     data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    if len(data) > limit:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {limit}-byte limit")
     return data
 
 
@@ -72,7 +73,7 @@ def decode_request(line: bytes, ops: Mapping[str, Op]) -> tuple[Op, dict[str, An
 
 
 def reply_ok(result: Any) -> bytes:
-    return encode({"v": PROTOCOL_VERSION, "ok": True, "result": result})
+    return encode({"v": PROTOCOL_VERSION, "ok": True, "result": result}, MAX_REPLY_BYTES)
 
 
 def reply_error(message: str) -> bytes:
@@ -102,7 +103,7 @@ def request(path: str, op: str, timeout_s: float = 5.0, **fields: Any) -> Any:
             sock.connect(path)
             sock.sendall(encode({"v": PROTOCOL_VERSION, "op": op, **fields}))
             with sock.makefile("rb") as fh:
-                line = read_line(fh, limit=16 * MAX_MESSAGE_BYTES)
+                line = read_line(fh, limit=MAX_REPLY_BYTES)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise DaemonUnavailableError(f"no carbond daemon on {path} (start one with `carbond run`)") from exc
     except OSError as exc:

@@ -149,6 +149,7 @@ class RunRegistry:
         self.proc = proc or Proc()
         self._clock_ns = clock_ns
         self.lock = threading.RLock()
+        self._save_lock = threading.Lock()
         self.runs: dict[str, Run] = {}  # active
         self.finished: dict[str, Run] = {}  # recently ended, for run.get / run.end replies
         self._owner: dict[int, str] = {}  # pid -> run id owning its CPU this tick (the innermost run)
@@ -389,14 +390,16 @@ class RunRegistry:
 
     # --- persistence ----------------------------------------------------------------------
     def save(self) -> None:
-        with self.lock:
-            doc = {"version": 1, "host": self.host, "runs": [_to_json(r) for r in self.runs.values()]}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            log.warning("could not save the run registry to %s: %s", self.state_path, exc)
+        """Write the active runs to ``runs.json`` atomically; concurrent callers take turns."""
+        with self._save_lock:  # one writer at a time: they share the temporary file
+            with self.lock:
+                doc = {"version": 1, "host": self.host, "runs": [_to_json(r) for r in self.runs.values()]}
+            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+            try:
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, self.state_path)
+            except OSError as exc:
+                log.warning("could not save the run registry to %s: %s", self.state_path, exc)
 
     def load(self) -> list[Run]:
         """Restore the active runs of an earlier daemon; those whose processes are gone end now."""
