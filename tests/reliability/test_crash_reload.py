@@ -138,7 +138,8 @@ def test_sighup_storm_with_active_runs_loses_no_point(influx_db, live_daemons, t
         for c in children:
             c.kill()
             c.wait()
-    wait_for(lambda: not (d.status() or {"runs": [1]})["runs"], timeout_s=60)
+    # only this test's runs: a daemon also picks up env-tagged processes of anything else on the machine
+    wait_for(lambda: not [r for r in (d.status() or {"runs": [{"run": runs[0]}]})["runs"] if r["run"] in runs], 60)
     stopped = d.stop()
     assert stopped.returncode == 0, stopped.stderr
     assert not client_errors, client_errors[:3]
@@ -159,7 +160,7 @@ def test_sighup_storm_with_active_runs_loses_no_point(influx_db, live_daemons, t
     for t in times:
         h = hosts[t].fields
         assert jobs.get(t, 0.0) + h["unattributed_j"] == pytest.approx(h["energy_j"], rel=1e-9, abs=1e-9)
-    finals = [p for p in stored(server, db, "run") if p.tags["status"] == "finished"]
+    finals = [p for p in stored(server, db, "run") if p.tags["status"] == "finished" and p.tags["run"] in runs]
     assert sorted(p.tags["run"] for p in finals) == sorted(runs)
 
 
