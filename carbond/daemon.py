@@ -510,6 +510,11 @@ class Daemon:
         return (f"{power}{len(self.runs.runs)} runs, {self.stats['pending_points']} points buffered, every "
                 f"{self.settings.daemon.interval_s:g}s into {self.store.url}")
 
+    def tick_now(self) -> None:
+        """An extra tick outside the schedule (a run ending); never raises into the caller."""
+        if self._ticker is not None:
+            self._safe_tick()
+
     def _safe_tick(self, final: bool = False) -> bool:
         try:
             self.tick(final)

@@ -93,6 +93,10 @@ def run_ops(daemon: Daemon) -> dict[str, ipc.Op]:
         run = owned(args)
         pid = target_pid(args) if "pid" in args else _peer(args)[0]
         was_active = run.active
+        if was_active:
+            # measure up to now first: a run shorter than a tick (or one whose last ticks were late)
+            # still gets the energy its processes used, instead of none
+            daemon.tick_now()
         registry.end(run.run_id, status=args.get("status", "finished"), exit_code=args.get("exit_code"), pid=pid)
         if was_active and not run.active:
             daemon._run_point_now(run)

@@ -315,3 +315,20 @@ def test_with_the_daemon_down_the_client_measures_in_process(carbond):
     assert r["mode"] == "in-process" and r["energy_kwh"] > 0 and r["status"] == "finished"
     finals = [p for p in carbond.export("run") if p["tags"]["run"] == r["run"]]
     assert finals and finals[-1]["fields"]["energy_j"] == pytest.approx(r["energy_kwh"] * 3.6e6, rel=1e-6)
+
+
+def test_a_run_shorter_than_a_tick_still_gets_its_energy(carbond):
+    carbond.env["CARBOND_STORE_FLUSH_INTERVAL_S"] = "0.5"
+    daemon = carbond.start("run", "--store", carbond.store, "--interval", "5", "--socket", carbond.socket)
+    try:
+        wait_for(lambda: carbond.status(), timeout_s=60)
+        burn = ("import json, time, carbond\nwith carbond.track('blink') as run:\n"
+                "    t = time.process_time() + 0.5\n    while time.process_time() < t: pass\n"
+                "print(json.dumps({'e': run.result.energy_kwh, 'm': run.result.measured_by}))")
+        out = subprocess.run([sys.executable, "-c", burn], env={**carbond.env, "CARBOND_SOCKET": carbond.socket},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        assert r["m"] == "daemon" and r["e"] > 0  # run.end measured up to the end, between two 5 s ticks
+    finally:
+        _stop(daemon)
