@@ -327,3 +327,14 @@ def assert_ticks_exact(server: Influxd, database: str, measured: int | None, dev
 
 def count(server: Influxd, database: str, measurement: str, fld: str = "energy_j") -> int:
     return server.count(database, measurement, fld)
+
+
+def count_all(server: Influxd, database: str) -> int:
+    """Points in every measurement (``job`` and ``run`` too: a daemon adopts env-tagged processes of anything on the
+    machine); per measurement the largest per-field count, as every point has the measurement's always-set fields."""
+    total = 0
+    for s in server.series("SHOW MEASUREMENTS", database):
+        for (name,) in s["values"]:
+            counts = server.series(f'SELECT count(*) FROM "{name}"', database)
+            total += max(int(v) for v in counts[0]["values"][0][1:] if v is not None) if counts else 0
+    return total

@@ -416,7 +416,7 @@ def _socket_fuzz(carbond: Any, connections: int, per_connection: int) -> None:
             ipc.request(d.socket, "run.end", run=run, timeout_s=60)
         before = d.ticks()
         doc = d.wait_ticks(before + 4)  # still ticking
-        assert doc["runs"] == []
+        assert not [r for r in doc["runs"] if r["run"] in runs]  # (env-tagged processes of anything else may be there)
         stopped = d.stop()
     finally:
         d.close()
