@@ -62,10 +62,14 @@ def job_point(run: Run, tick: RunTick, interval_s: float, time_ns: int, host: st
     return Point("job", run_tags(run, host), fields, time_ns)
 
 
-def run_point(run: Run, host: str, time_ns: int) -> Point:
-    """The run's totals so far (or final), with its units, metrics and projection."""
+def run_point(run: Run, host: str, time_ns: int, now_mono: float | None = None) -> Point:
+    """The run's totals so far (or final), with its units, metrics and projection.
+
+    ``time_ns`` (wall clock) stamps the point; ``now_mono`` (the run registry's monotonic clock) measures an
+    active run's duration.
+    """
     fields: dict[str, float | None] = {
-        "duration_s": run.duration_s(time_ns), "energy_j": run.energy_j, "co2_g": run.co2_g, "water_l": run.water_l,
+        "duration_s": run.duration_s(time_ns, now_mono), "energy_j": run.energy_j, "co2_g": run.co2_g, "water_l": run.water_l,
         "embodied_g": run.embodied_g,
     }
     fields.update({f"unit_{k}": v for k, v in run.units.items()})

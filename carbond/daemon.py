@@ -127,7 +127,7 @@ class Daemon:
                       "points_written": 0, "pending_points": 0}
         self.totals = {"energy_j": 0.0, "co2_g": 0.0, "water_l": 0.0, "embodied_g": 0.0}
         self._last: _LastTick | None = None
-        self.runs = RunRegistry(settings.daemon.host, self.journal.directory / "runs.json")
+        self.runs = RunRegistry(settings.daemon.host, self.journal.directory / "runs.json", mono=clock)
         self._env_seen: dict[int, int] = {}
         self._last_discovery = float("-inf")
         self._busy_prev: int | None = None
@@ -208,7 +208,7 @@ class Daemon:
             if final or now_mono - self._last_self_mono >= SELF_METRICS_EVERY_S:
                 host_name = self.settings.daemon.host
                 with self.runs.lock:
-                    totals = [run_point(r, host_name, now_ns) for r in self.runs.runs.values()]
+                    totals = [run_point(r, host_name, now_ns, now_mono) for r in self.runs.runs.values()]
                 out = [*points, *totals, self._self_point(now_ns, self._max_lag_s)]
                 self._last_self_mono, self._max_lag_s = now_mono, 0.0
             try:
@@ -288,7 +288,7 @@ class Daemon:
                 self.stats["pending_points"] += len(points)
 
     def _run_point_now(self, run: Run) -> None:
-        self._emit([run_point(run, self.settings.daemon.host, self._wall_ns())])
+        self._emit([run_point(run, self.settings.daemon.host, self._wall_ns(), self._clock())])
 
     def maintain_runs(self) -> None:
         """Off the tick thread: find new processes of runs, tagged processes, and runs that are over."""
@@ -397,7 +397,7 @@ class Daemon:
             "factors": self.factors.as_dict(),
             "intensity_provider": (self.provider.status() if hasattr(self.provider, "status")
                                    else {"provider": self.settings.intensity.provider}),
-            "runs": [r.result(self.settings.daemon.host, self._wall_ns()) for r in list(self.runs.runs.values())],
+            "runs": [r.result(self.settings.daemon.host, self._wall_ns(), self._clock()) for r in list(self.runs.runs.values())],
             # the promise that the daemon stays light, checkable from outside
             "heavy_modules": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_MODULES),
         }

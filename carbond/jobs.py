@@ -77,12 +77,21 @@ class Run:
     units: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     progress: tuple[float, float] | None = None
+    # The registry's monotonic clock at start and end (seconds): durations come from these, so a step of
+    # the wall clock (NTP, a VM resume) changes the timestamps but not how long a run lasted.
+    started_mono: float | None = None
+    ended_mono: float | None = None
 
     @property
     def active(self) -> bool:
         return self.status == "running"
 
-    def duration_s(self, now_ns: int) -> float:
+    def duration_s(self, now_ns: int, now_mono: float | None = None) -> float:
+        """How long the run has lasted: monotonic time when known, else the wall-clock difference."""
+        if self.started_mono is not None:
+            end = self.ended_mono if self.ended_mono is not None else now_mono
+            if end is not None:
+                return max(end - self.started_mono, 0.0)
         return ((self.ended_ns or now_ns) - self.started_ns) / 1e9
 
     def projected(self) -> tuple[float, float] | None:
@@ -95,12 +104,12 @@ class Run:
         scale = total / done
         return self.energy_j * scale, self.co2_g * scale
 
-    def result(self, host: str, now_ns: int) -> dict[str, Any]:
+    def result(self, host: str, now_ns: int, now_mono: float | None = None) -> dict[str, Any]:
         projected = self.projected()
         return {
             "run": self.run_id, "job": self.job, "project": self.project, "phase": self.phase, "tags": dict(self.tags),
             "status": self.status, "origin": self.origin, "started_ns": self.started_ns, "ended_ns": self.ended_ns,
-            "exit_code": self.exit_code, "duration_s": self.duration_s(now_ns), "energy_j": self.energy_j,
+            "exit_code": self.exit_code, "duration_s": self.duration_s(now_ns, now_mono), "energy_j": self.energy_j,
             "co2_g": self.co2_g, "water_l": self.water_l, "embodied_g": self.embodied_g, "sources": dict(self.sources),
             "units": dict(self.units), "metrics": dict(self.metrics),
             "progress": None if self.progress is None else {"done": self.progress[0], "total": self.progress[1]},
@@ -143,11 +152,12 @@ class RunRegistry:
     """All state about runs on this host. Thread-safe; the daemon's tick and socket threads share it."""
 
     def __init__(self, host: str, state_path: Path, proc: Proc | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, mono: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.state_path = state_path
         self.proc = proc or Proc()
-        self._clock_ns = clock_ns
+        self._clock_ns = clock_ns  # timestamps (started_ns, ended_ns): the wall clock
+        self.mono = mono  # durations: a clock no wall-clock step moves (the daemon's tick clock)
         self.lock = threading.RLock()
         self._save_lock = threading.Lock()
         self.runs: dict[str, Run] = {}  # active
@@ -191,7 +201,7 @@ class RunRegistry:
         project = check_label("project", project) if project else "default"
         phase = check_phase(phase) if phase else "development"
         clean_tags = check_tags(tags or {})
-        now = self._clock_ns()
+        now, now_mono = self._clock_ns(), self.mono()
         with self.lock:
             if run_id:
                 check_label("run", run_id)
@@ -203,11 +213,13 @@ class RunRegistry:
                 run = self.finished.pop(run_id, None)
                 if run is not None:  # a later block of a launch that had ended: its totals go on
                     run.status, run.ended_ns, run.last_total_ticks, run.members = "running", None, None, {}
+                    run.ended_mono = None
                     self._register(run, pid)
                     self.runs[run_id] = run
                     self.refresh_members()
                     return run, True
-            run = Run(run_id or new_run_id(job, now), job, project, phase, clean_tags, origin, uid, now)
+            run = Run(run_id or new_run_id(job, now), job, project, phase, clean_tags, origin, uid, now,
+                      started_mono=now_mono)
             self._register(run, pid)
             self.runs[run.run_id] = run
             self.refresh_members()
@@ -281,7 +293,7 @@ class RunRegistry:
         for member in run.members.values():
             _close(member)
         run.status = status
-        run.ended_ns = self._clock_ns()
+        run.ended_ns, run.ended_mono = self._clock_ns(), self.mono()
         self.runs.pop(run.run_id, None)
         self.finished[run.run_id] = run
         while len(self.finished) > KEEP_FINISHED:
@@ -393,7 +405,9 @@ class RunRegistry:
         """Write the active runs to ``runs.json`` atomically; concurrent callers take turns."""
         with self._save_lock:  # one writer at a time: they share the temporary file
             with self.lock:
-                doc = {"version": 1, "host": self.host, "runs": [_to_json(r) for r in self.runs.values()]}
+                now_mono = self.mono()
+                doc = {"version": 1, "host": self.host, "saved_ns": self._clock_ns(),
+                       "runs": [_to_json(r, now_mono) for r in self.runs.values()]}
             tmp = self.state_path.with_name(self.state_path.name + ".tmp")
             try:
                 tmp.write_text(json.dumps(doc))
@@ -411,9 +425,18 @@ class RunRegistry:
             log.warning("run registry %s is unreadable (%s); starting without it", self.state_path, exc)
             return []
         restored = []
+        now_ns, now_mono = self._clock_ns(), self.mono()
+        # the monotonic clock of an earlier process (or boot) is not this one's: a run's duration goes on from the
+        # elapsed time saved with it, plus the wall-clock time since the save (the gap no daemon measured)
+        saved_ns = doc.get("saved_ns")
         with self.lock:
             for item in doc.get("runs", []):
                 run = _from_json(item)
+                elapsed = item.get("elapsed_s")
+                if isinstance(elapsed, int | float) and isinstance(saved_ns, int):
+                    run.started_mono = now_mono - float(elapsed) - max(now_ns - saved_ns, 0) / 1e9
+                else:  # a registry saved by an older carbond: wall-clock time since the start
+                    run.started_mono = now_mono - max(now_ns - run.started_ns, 0) / 1e9
                 run.last_total_ticks = None  # energy while no daemon ran was not measured: new baseline
                 run.banked_ticks = 0
                 run.members = {}
@@ -434,15 +457,20 @@ def _close(member: Member) -> None:
         member.fd = None
 
 
-def _to_json(run: Run) -> dict[str, Any]:
-    doc = asdict(run, dict_factory=lambda items: {k: v for k, v in items if k != "members"})
+_NOT_SAVED = ("members", "started_mono", "ended_mono")  # monotonic readings mean nothing to another process
+
+
+def _to_json(run: Run, now_mono: float) -> dict[str, Any]:
+    doc = asdict(run, dict_factory=lambda items: {k: v for k, v in items if k not in _NOT_SAVED})
     doc["roots"] = {str(k): v for k, v in run.roots.items()}
     doc["members"] = {}
+    if run.started_mono is not None:
+        doc["elapsed_s"] = max(now_mono - run.started_mono, 0.0)
     return doc
 
 
 def _from_json(doc: dict[str, Any]) -> Run:
-    doc = dict(doc)
+    doc = {k: v for k, v in doc.items() if k not in ("elapsed_s", *_NOT_SAVED[1:])}
     doc["roots"] = {int(k): int(v) for k, v in doc.get("roots", {}).items()}
     doc["members"] = {}
     progress = doc.get("progress")

@@ -53,7 +53,7 @@ def run_ops(daemon: Daemon) -> dict[str, ipc.Op]:
         return run
 
     def result(run: Run) -> dict[str, Any]:
-        return run.result(host, daemon.now_ns())
+        return run.result(host, daemon.now_ns(), registry.mono())
 
     def start(args: dict[str, Any]) -> dict[str, Any]:
         origin = args.get("origin", "client")

@@ -275,8 +275,6 @@ def test_wall_clock_steps_timestamps_follow_the_wall_energy_follows_the_monotoni
     assert sorted(s.time_ns for s in selfs) == sorted([T0_NS, stamped[10], stamped[20], stamped[30]])
 
 
-@pytest.mark.xfail(strict=True, reason="carbond bug: a run's duration_s is a wall-clock difference (jobs.Run.duration_s); "
-                   "a step back of the wall clock during a run makes it negative")
 def test_wall_clock_step_back_during_a_run_keeps_its_duration_positive(tmp_path):
     """Injected: a run registered at tick 2 (a real child process), the wall clock stepped back 1 h before
     tick 10, the run ended at tick 15. Asserted: its final run point's duration_s is the 13 s that passed

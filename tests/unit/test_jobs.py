@@ -100,6 +100,50 @@ def test_registry_survives_a_restart(tmp_path: Path):
     assert os.getpid() in restored.members
 
 
+class Clocks:
+    """A monotonic clock (s) and a wall clock (ns) that a test moves separately: the wall one can step."""
+
+    def __init__(self) -> None:
+        self.mono, self.wall_ns = 100.0, 1_800_000_000 * 10**9
+
+    def advance(self, s: float) -> None:
+        self.mono += s
+        self.wall_ns += int(s * 1e9)
+
+
+def test_duration_follows_the_monotonic_clock_when_the_wall_clock_steps(tmp_path: Path):
+    c = Clocks()
+    reg = RunRegistry("h", tmp_path / "runs.json", clock_ns=lambda: c.wall_ns, mono=lambda: c.mono)
+    run, _ = reg.start("j", pid=os.getpid(), uid=os.getuid())
+    c.advance(5)
+    c.wall_ns -= 3600 * 10**9  # NTP steps the wall clock back an hour
+    assert run.duration_s(c.wall_ns, reg.mono()) == 5.0
+    c.advance(2)
+    c.wall_ns += 86_400 * 10**9  # and forward a day
+    assert run.result("h", c.wall_ns, reg.mono())["duration_s"] == 7.0
+    reg.end(run.run_id)
+    c.advance(10)
+    assert run.ended_ns == 1_800_000_000 * 10**9 + 7 * 10**9 + (86_400 - 3600) * 10**9  # timestamps: the wall clock
+    assert run.duration_s(c.wall_ns, reg.mono()) == 7.0  # ended: fixed at the end
+
+
+def test_duration_goes_on_across_a_restart_from_the_saved_elapsed_time(tmp_path: Path):
+    c = Clocks()
+    reg = RunRegistry("h", tmp_path / "runs.json", clock_ns=lambda: c.wall_ns, mono=lambda: c.mono)
+    reg.start("j", run_id="r-1", pid=os.getpid(), uid=os.getuid())
+    c.advance(30)
+    c.wall_ns -= 3600 * 10**9  # a step back while the first daemon ran: not in the elapsed time
+    reg.save()
+    c.advance(4)  # the daemon is down for 4 s (wall clock); the new process's monotonic clock is another one
+    c.mono = 7.0
+    again = RunRegistry("h", tmp_path / "runs.json", clock_ns=lambda: c.wall_ns, mono=lambda: c.mono)
+    [restored] = again.load()
+    assert "started_mono" not in (tmp_path / "runs.json").read_text()
+    assert restored.duration_s(c.wall_ns, again.mono()) == pytest.approx(34.0)
+    c.mono += 6
+    assert restored.duration_s(c.wall_ns, again.mono()) == pytest.approx(40.0)
+
+
 def test_a_saved_run_whose_processes_died_ends_at_load(tmp_path: Path):
     reg = _registry(tmp_path)
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
