@@ -16,6 +16,7 @@ from typing import Any
 from carbond import __version__
 from carbond.errors import CarbondError, DaemonUnavailableError, UsageError
 from carbond.jobs_cli import build_jobs_parser
+from carbond.optimize.cli import build_optimize_parser
 from carbond.reports.cli import build_estimate_parser, build_report_parser
 from carbond.track_cli import build_track_parser
 
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_jobs_parser(sub)
     build_report_parser(sub)  # carbond report lifecycle | compare
     build_estimate_parser(sub)  # carbond estimate
+    build_optimize_parser(sub)  # carbond optimize
 
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True, parser_class=_Parser)

@@ -43,3 +43,7 @@ class DeviceLostError(SensorError):
 
 class DaemonUnavailableError(CarbondError):
     """No daemon answers on the socket."""
+
+
+class OptimizeError(UsageError):
+    """A model, input or variant that an optimization technique cannot take (``carbond.optimize``)."""

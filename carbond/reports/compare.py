@@ -151,8 +151,8 @@ def compare(items: Sequence[Item], *, kind: str, baseline: str | None = None, pe
         rows.append(row)
     if per is not None:
         energy_key, co2_key = f"energy_j_per_{per}", f"co2_g_per_{per}"
-        columns += [Column(f"unit_{per}", per, digits=0), Column(energy_key, energy_key, digits=4),
-                    Column(co2_key, co2_key, digits=6)]
+        columns += [Column(f"unit_{per}", per, digits=0), Column(energy_key, energy_key, digits=4, significant=True),
+                    Column(co2_key, co2_key, digits=4, significant=True)]
         lacking = [r["label"] for r in rows if not r.get(f"unit_{per}")]
         if lacking:
             notes.append(f"no {per} logged by: {', '.join(lacking)} (per-{per} figures left blank)")

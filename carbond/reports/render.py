@@ -26,7 +26,8 @@ class Column:
     key: str
     title: str
     kind: str = "num"  # num | text
-    digits: int = 3
+    digits: int = 3  # decimals, or significant digits when ``significant``
+    significant: bool = False  # for tiny per-unit figures such as joules per item
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def cell(column: Column, value: Any) -> str:
     if _missing(value):
         return "-" if column.kind == "num" else ""
     if column.kind == "num" and isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:,.{column.digits}f}"
+        return f"{value:.{column.digits}g}" if column.significant else f"{value:,.{column.digits}f}"
     return str(value)
 
 

@@ -49,10 +49,22 @@ def _gpu_sensor(settings: Settings) -> Sensor | None:
     try:
         import pynvml
     except ImportError as exc:  # the dependency is missing from this install
-        log.warning("NVML Python bindings (nvidia-ml-py) are not installed (%s); running without GPUs", exc)
+        _warn_once(f"NVML Python bindings (nvidia-ml-py) are not installed ({exc}); running without GPUs")
         return None
     try:
         return NvmlGpus(pynvml)
     except SensorError as exc:
-        log.warning("%s; running without GPUs", exc)
+        _warn_once(f"{exc}; running without GPUs")
         return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning, once per process: in-process runs build sensors once per run, and it is the same news each time."""
+    if message in _warned:
+        log.debug("%s", message)
+    else:
+        _warned.add(message)
+        log.warning("%s", message)
