@@ -24,7 +24,9 @@ if [ -n "$missing" ]; then
 fi
 
 PY="${PYTHON:-python3}"
-PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check -e '.[test,influx,reports]'
+# torch first, pinned: the CPU build; left to resolve on its own, pip may fetch a multi-GB CUDA build
+PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
+PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check -e '.[test,influx,reports,optimize,examples]'
 
 "$PY" -m ruff check carbond tests
 exec "$PY" -m pytest -p no:cacheprovider "$@"

@@ -57,7 +57,9 @@ def cell(column: Column, value: Any) -> str:
     if _missing(value):
         return "-" if column.kind == "num" else ""
     if column.kind == "num" and isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:.{column.digits}g}" if column.significant else f"{value:,.{column.digits}f}"
+        if column.significant or (value != 0 and abs(value) < 0.5 * 10.0 ** -column.digits):
+            return f"{value:.{max(column.digits, 3)}g}"  # never show a non-zero figure as 0.000
+        return f"{value:,.{column.digits}f}"
     return str(value)
 
 

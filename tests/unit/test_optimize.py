@@ -257,7 +257,7 @@ def test_static_int8_errors_untraceable_model_no_calibration_and_bad_batches():
         techniques.quantize_static(mlp(), torch.randn(2, 784), [])
     with pytest.raises(OptimizeError, match="calibration batch 1 does not fit"):
         techniques.quantize_static(mlp(), torch.randn(2, 784), [torch.randn(2, 784), torch.randn(2, 5)])
-    with pytest.raises(OptimizeError, match="traces the Python model with torch.fx; a TorchScript model takes quantized-int8"):
+    with pytest.raises(OptimizeError, match=r"traces the Python model with torch\.fx; a TorchScript model takes quantized-int8"):
         techniques.quantize_static(torch.jit.script(mlp()), torch.randn(2, 784), [torch.randn(2, 784)])
 
 
