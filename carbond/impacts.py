@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 J_PER_KWH = 3.6e6
@@ -60,3 +61,20 @@ class Embodied:
 
 def embodied_g(interval_s: float, n_gpus: int, e: Embodied) -> float:
     return e.host_g_per_s(n_gpus) * interval_s
+
+
+def energy_basis(joules_by_source: Mapping[str, float]) -> str:
+    """How energy was known, from joules by source (``counter``: hardware energy counters, ``power``: measured
+    power, ``model``: a power model, ``simulated``): ``counter``, or shares such as ``counter 80%, model 20%``."""
+    parts = sorted(((k, v) for k, v in joules_by_source.items() if v > 0), key=lambda kv: (-kv[1], kv[0]))
+    total = sum(v for _, v in parts)
+    if not parts:
+        return "none"
+    if parts[0][1] / total > 0.995:
+        return parts[0][0]
+    return ", ".join(f"{k} {v / total:.0%}" for k, v in parts)
+
+
+def sources_in(fields: Mapping[str, float]) -> dict[str, float]:
+    """``{"model": 12.0}`` from a run point's or summary's ``source_model_j`` fields."""
+    return {k[7:-2]: float(v) for k, v in fields.items() if k.startswith("source_") and k.endswith("_j") and v is not None}

@@ -98,6 +98,11 @@ def _worse(a: str, b: str) -> str:
     return a if STATUS_RANK.get(a, 0) >= STATUS_RANK.get(b, 0) else b
 
 
+def is_total(key: str) -> bool:
+    """A field that sums over hosts and processes: the totals, and the joules by source (``source_model_j``)."""
+    return key in TOTALS or (key.startswith("source_") and key.endswith("_j"))
+
+
 def reduce_points(points: Iterable[Any], acc: dict[tuple[str, str], HostRun] | None = None) -> dict[tuple[str, str], HostRun]:
     """Fold ``run`` points (any order) into one record per (run, host)."""
     acc = {} if acc is None else acc
@@ -109,7 +114,7 @@ def reduce_points(points: Iterable[Any], acc: dict[tuple[str, str], HostRun] | N
         f = p.fields
         if f.get("in_process"):  # one final point per measuring process: they add up
             for key, value in f.items():
-                if key in TOTALS or key.startswith("unit_"):
+                if is_total(key) or key.startswith("unit_"):
                     h.extra[key] = h.extra.get(key, 0.0) + value
             end = p.time_ns
             start = end - int(f.get("duration_s", 0.0) * 1e9)
@@ -132,7 +137,7 @@ def reduce_points(points: Iterable[Any], acc: dict[tuple[str, str], HostRun] | N
 
 
 def _host_view(h: HostRun) -> tuple[dict[str, float], dict[str, float], dict[str, float], str, int | None, int | None]:
-    totals = {k: v for k, v in h.fields.items() if k in TOTALS}
+    totals = {k: v for k, v in h.fields.items() if is_total(k)}
     units = {k[5:]: v for k, v in h.fields.items() if k.startswith("unit_")}
     metrics = {k[7:]: v for k, v in h.fields.items() if k.startswith("metric_")}
     started = ended = None

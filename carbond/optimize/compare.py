@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from carbond.errors import OptimizeError
+from carbond.impacts import energy_basis
 from carbond.optimize.metrics import Efficiency, Latency, batch_size, efficiency, save, time_forward
 from carbond.optimize.techniques import Applied, Variant, apply_variant, as_args, parse_variant
 
@@ -67,17 +68,6 @@ def _metrics(value: Any, variant: str) -> dict[str, float]:
             raise OptimizeError(f"eval_fn on {variant!r} returned {key}={v!r}: it must return a number or a "
                                 "mapping of names to numbers")
     return {k: float(v) for k, v in out.items()}
-
-
-def _source(sources: Mapping[str, float]) -> str:
-    """``counter``, ``power``, ``model`` … with shares when mixed: how the energy was known."""
-    total = sum(sources.values())
-    if total <= 0:
-        return "none"
-    parts = sorted(sources.items(), key=lambda kv: -kv[1])
-    if len(parts) == 1 or parts[0][1] / total > 0.995:
-        return parts[0][0]
-    return " + ".join(f"{k} {v / total:.0%}" for k, v in parts if v > 0)
 
 
 def _pct(value: float | None, base: float | None) -> float | None:
@@ -173,7 +163,7 @@ def _row(v: Variant, applied: list[Applied], eff: Efficiency, latency: Latency, 
         "energy_j": result.energy_j if measured else None,
         "energy_j_per_item": result.energy_j / items if measured else None,
         "co2_g_per_1k_items": result.co2_g / items * 1000.0 if measured else None,
-        "energy_source": _source(result.sources) if measured else "none", "measured_by": result.measured_by,
+        "energy_source": energy_basis(result.sources) if measured else "none", "measured_by": result.measured_by,
         "run": result.run_id, "accuracy": metrics.get("accuracy"),
         **{f"metric_{k}": val for k, val in metrics.items() if k != "accuracy"},
         "_co2_g": result.co2_g, "_energy_kwh": result.energy_kwh,

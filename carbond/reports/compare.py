@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carbond.errors import UsageError
-from carbond.impacts import J_PER_KWH
+from carbond.impacts import J_PER_KWH, energy_basis, sources_in
 from carbond.jobs_cli import RunSummary
 from carbond.reports.render import Column
 
@@ -36,6 +36,7 @@ class Item:
     embodied_kg: float
     units: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, float] = field(default_factory=dict)  # joules by how they were known
 
 
 def _tags(r: RunSummary) -> str:
@@ -52,7 +53,7 @@ def run_items(runs: Sequence[RunSummary], order: Sequence[str]) -> list[Item]:
         t = r.totals
         out.append(Item(r.run, r.job, r.phase, _tags(r), r.status, 1, r.duration_s / 3600.0, t.get("energy_j", 0.0) / J_PER_KWH,
                         t.get("co2_g", 0.0) / 1000.0, t.get("water_l", 0.0), t.get("embodied_g", 0.0) / 1000.0,
-                        dict(r.units), dict(r.metrics)))
+                        dict(r.units), dict(r.metrics), sources_in(t)))
     return out
 
 
@@ -75,7 +76,8 @@ def job_items(runs: Sequence[RunSummary], order: Sequence[str]) -> list[Item]:
         statuses = sorted({r.status for r in mine})
         out.append(Item(job, job, ",".join(phases), _tags(latest), ",".join(statuses), len(mine),
                         sum(r.duration_s for r in mine) / 3600.0, total("energy_j") / J_PER_KWH, total("co2_g") / 1000.0,
-                        total("water_l"), total("embodied_g") / 1000.0, units, dict(latest.metrics)))
+                        total("water_l"), total("embodied_g") / 1000.0, units, dict(latest.metrics),
+                        sources_in({k: total(k) for k in {k for r in mine for k in r.totals}})))
     return out
 
 
@@ -133,13 +135,15 @@ def compare(items: Sequence[Item], *, kind: str, baseline: str | None = None, pe
         Column("runs", "runs", digits=0), Column("phase", "phase", "text")]
     columns += [Column("tags", "tags", "text"), Column("status", "status", "text"), Column("duration_h", "duration_h", digits=3),
                 Column("energy_kwh", "energy_kwh", digits=4), Column("co2_kg", "co2_kg", digits=4),
-                Column("water_l", "water_l", digits=3), Column("embodied_kg", "embodied_kg", digits=4)]
+                Column("water_l", "water_l", digits=3), Column("embodied_kg", "embodied_kg", digits=4),
+                Column("energy_by", "energy_by", "text")]
     energy_key, co2_key = "energy_kwh", "co2_kg"
     rows = []
     for i in items:
         row: dict[str, Any] = {"label": i.label, "job": i.job, "runs": i.runs, "phase": i.phase, "tags": i.tags,
                                "status": i.status, "duration_h": i.duration_h, "energy_kwh": i.energy_kwh, "co2_kg": i.co2_kg,
-                               "water_l": i.water_l, "embodied_kg": i.embodied_kg, "units": dict(i.units),
+                               "water_l": i.water_l, "embodied_kg": i.embodied_kg, "energy_by": energy_basis(i.sources),
+                               "units": dict(i.units),
                                "metrics": dict(i.metrics)}
         if per is not None:
             n = i.units.get(per)

@@ -109,7 +109,7 @@ def load(store: Any, sel: Selection, *, timeline: bool = False, progress: Progre
 
 def runs_frame(runs: Sequence[RunSummary]) -> pd.DataFrame:
     """One row per run: identity, status, hosts, duration_s, energy_j, co2_g, water_l, embodied_g,
-    ``unit_<name>``, ``metric_<name>`` and ``tag_<name>`` columns."""
+    ``source_<source>_j`` (joules by how they were known), ``unit_<name>``, ``metric_<name>`` and ``tag_<name>`` columns."""
     import pandas as pd
 
     rows = []
@@ -121,6 +121,7 @@ def runs_frame(runs: Sequence[RunSummary]) -> pd.DataFrame:
             "energy_j": t.get("energy_j", 0.0), "co2_g": t.get("co2_g", 0.0), "water_l": t.get("water_l", 0.0),
             "embodied_g": t.get("embodied_g", 0.0),
         }
+        row.update({k: v for k, v in t.items() if k.startswith("source_")})
         row.update({f"unit_{k}": v for k, v in r.units.items()})
         row.update({f"metric_{k}": v for k, v in r.metrics.items()})
         row.update({f"tag_{k}": v for k, v in r.tags.items()})

@@ -23,7 +23,7 @@ from typing import Any
 
 from carbond.errors import ConfigError, UsageError
 from carbond.factors import Sourced
-from carbond.impacts import HOURS_PER_YEAR, J_PER_KWH
+from carbond.impacts import HOURS_PER_YEAR, J_PER_KWH, energy_basis, sources_in
 from carbond.reports.estimate import ResolvedFactors, resolve_factors
 from carbond.reports.render import Column
 from carbond.reports.scenario import STANDARD_PHASES, Scenario
@@ -68,14 +68,17 @@ def measured_rows(frame: Any) -> list[PhaseRow]:
     if frame.empty:
         return []
     frame = frame.assign(phase=frame["phase"].replace("", "(none)"))
+    sources = [c for c in frame.columns if c.startswith("source_") and c.endswith("_j")]
     grouped = frame.groupby("phase").agg(runs=("run", "count"), duration_s=("duration_s", "sum"),
                                          energy_j=("energy_j", "sum"), co2_g=("co2_g", "sum"), water_l=("water_l", "sum"),
-                                         embodied_g=("embodied_g", "sum"))
+                                         embodied_g=("embodied_g", "sum"), **{c: (c, "sum") for c in sources})
     rows = []
     for phase, g in grouped.iterrows():
         kwh = float(g["energy_j"]) / J_PER_KWH
-        factors = (f"{_runs(int(g['runs']))} as recorded: {g['co2_g'] / kwh:.4g} gCO2e/kWh, {g['water_l'] / kwh:.4g} L/kWh "
-                   "(PUE × grid and water, per IT kWh)" if kwh > 0 else f"{_runs(int(g['runs']))} as recorded: no energy")
+        basis = energy_basis(sources_in({c: float(g[c]) for c in sources}))
+        factors = (f"{_runs(int(g['runs']))} as recorded: energy by {basis}; {g['co2_g'] / kwh:.4g} gCO2e/kWh, "
+                   f"{g['water_l'] / kwh:.4g} L/kWh (PUE × grid and water, per IT kWh)" if kwh > 0
+                   else f"{_runs(int(g['runs']))} as recorded: no energy")
         rows.append(PhaseRow(str(phase), "measured", str(phase), int(g["runs"]), float(g["duration_s"]) / 3600.0, kwh,
                              float(g["co2_g"]) / 1000.0, float(g["water_l"]), float(g["embodied_g"]) / 1000.0, factors))
     return rows

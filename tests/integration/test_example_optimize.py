@@ -38,6 +38,7 @@ def test_the_digits_example_runs_and_writes_every_output(carbond, tmp_path: Path
     lifecycle = (out / "lifecycle.md").read_text()
     for phase in ("development", "training", "validation", "deployment", "inference"):
         assert f"| {phase} | measured |" in lifecycle, phase
+    assert lifecycle.count("as recorded: energy by model;") == 5  # no RAPL, no GPU here: every joule is modelled
     with open(out / "variants.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [row["variant"] for row in rows] == ["baseline", "pruned-50", "pruned-channels-25", "quantized-int8",

@@ -60,6 +60,7 @@ def test_compare_runs_measured_by_a_real_daemon_are_read_back_by_report_compare(
         mine = next(r for r in doc["rows"] if r["run"] == row["label"])
         assert row["tags"] == f"variant={mine['variant']}" and row["phase"] == "inference" and row["job"] == "opt-it"
         assert row["unit_items"] == mine["items"]
+        assert row["energy_by"] == mine["energy_source"] != "none"  # how the energy was known, as the store has it
         assert row["energy_j_per_items"] == pytest.approx(mine["energy_j_per_item"], rel=1e-9)
         assert row["co2_g_per_items"] * 1000 == pytest.approx(mine["co2_g_per_1k_items"], rel=1e-9)
         assert row["metric_accuracy"] == pytest.approx(mine["accuracy"])

@@ -64,3 +64,14 @@ def test_embodied_realistic_server():
 def test_factors_defaults_name_the_basis():
     f = factors()
     assert (f.zone, f.intensity_source, f.basis) == ("WORLD", "table", "lifecycle")
+
+
+def test_energy_basis_names_the_source_or_the_shares():
+    from carbond.impacts import energy_basis, sources_in
+
+    assert energy_basis({"counter": 10.0}) == "counter"
+    assert energy_basis({"counter": 800.0, "model": 200.0}) == "counter 80%, model 20%"
+    assert energy_basis({"counter": 999.7, "model": 0.3}) == "counter"  # a rounding's worth is not a mix
+    assert energy_basis({"power": 0.0}) == energy_basis({}) == "none"
+    assert sources_in({"source_model_j": 3.0, "energy_j": 3.0, "source_counter_j": 1.0, "sources": 2.0}) == {
+        "model": 3.0, "counter": 1.0}
