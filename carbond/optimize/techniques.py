@@ -279,7 +279,7 @@ def as_args(sample: Any) -> tuple[Any, ...]:
 
 def quantize_static(model: nn.Module, example: Any, calibration: Iterable[Any] | None) -> tuple[nn.Module, Applied]:
     """Post-training static int8 (torch.fx graph mode): weights and activations int8, scales from ``calibration``,
-    an iterable of model inputs (tensors, or tuples of arguments)."""
+    an iterable of model inputs (tensors, or tuples of arguments), or one batch as a tensor."""
     if is_scripted(model):
         raise OptimizeError("static int8 quantization traces the Python model with torch.fx; a TorchScript model takes "
                             "quantized-int8 (dynamic) only. Use carbond.optimize.compare() with the nn.Module.")
@@ -302,7 +302,7 @@ def quantize_static(model: nn.Module, example: Any, calibration: Iterable[Any] |
                                 f"({type(exc).__name__}: {exc}); quantized-int8 (dynamic) needs no tracing") from exc
         batches = 0
         with torch.no_grad():
-            for batch in calibration:
+            for batch in [calibration] if isinstance(calibration, torch.Tensor) else calibration:  # a tensor: one batch
                 try:
                     prepared(*as_args(batch))
                 except OptimizeError:
@@ -316,7 +316,8 @@ def quantize_static(model: nn.Module, example: Any, calibration: Iterable[Any] |
     layers = quantized_layers(out)
     if not layers:
         raise _none_error("static int8 quantization", STATIC_INT8, model)
-    return out, Applied("quantize-static", f"static int8 quantization ({engine}, {batches} calibration batches): "
+    plural = "" if batches == 1 else "es"
+    return out, Applied("quantize-static", f"static int8 quantization ({engine}, {batches} calibration batch{plural}): "
                         f"{_counts(layers)} int8; {_left_float(out)}", dict(layers))
 
 

@@ -179,6 +179,13 @@ def test_static_int8_conv_model_is_int8_and_close_to_float():
     assert len(metrics.serialized(quantized)) < len(metrics.serialized(model))
 
 
+def test_calibration_given_as_one_tensor_is_one_batch():
+    model = mlp()
+    batch = torch.randn(16, 784)
+    _, applied = techniques.quantize_static(model, batch, batch)  # not 16 batches of one unbatched sample
+    assert "1 calibration batch)" in applied.summary
+
+
 def test_scripted_dynamic_int8_counts_the_packed_weights():
     model = mlp()
     quantized, applied = techniques.quantize_dynamic(torch.jit.script(model))
