@@ -27,7 +27,7 @@ Store URLs: sqlite:///ABS/PATH.db (default), influxdb+v1://[USER:PASS@]HOST:PORT
 influxdb+v2://HOST:PORT/BUCKET?org=ORG. Times: ISO 8601 or relative (-7d, -1h).
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage, config or input.
 Docs: docs/client.md, docs/configuration.md, docs/schema.md, docs/methodology.md,
-docs/deployment.md, docs/troubleshooting.md."""
+docs/reports.md, docs/optimize.md, docs/deployment.md, docs/troubleshooting.md."""
 
 
 class _Parser(argparse.ArgumentParser):
