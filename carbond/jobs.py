@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,10 @@ class RunRegistry:
         self.runs: dict[str, Run] = {}  # active
         self.finished: dict[str, Run] = {}  # recently ended, for run.get / run.end replies
         self._owner: dict[int, str] = {}  # pid -> run id owning its CPU this tick (the innermost run)
+        # Proc.last_pid() at the last full membership refresh and environment scan: while it is unchanged no
+        # process was created since, so there is nothing new to find (and the members' liveness is read per tick)
+        self._refreshed_at: int | None = None
+        self._scanned_at: int | None = None
 
     # --- membership -----------------------------------------------------------------------
     def _register(self, run: Run, pid: int) -> None:
@@ -182,8 +186,17 @@ class RunRegistry:
         if run.last_total_ticks is None:  # the baseline at registration
             run.last_total_ticks = sum(m.cpu_ticks for m in run.members.values())
 
-    def refresh_members(self) -> None:
+    def refresh_members(self, if_new_processes: bool = False) -> None:
+        """Find new processes of the active runs and who owns which pid.
+
+        ``if_new_processes``: skip the walk when no process was created since the last one (the
+        periodic refresh); a run starting or a process attaching always walks.
+        """
+        generation = self.proc.last_pid()  # before the walk: a process born during it triggers the next one
         with self.lock:
+            if if_new_processes and generation is not None and generation == self._refreshed_at:
+                return
+            self._refreshed_at = generation
             for run in self.runs.values():
                 self._refresh_run(run)
             self._owner = {}
@@ -367,6 +380,10 @@ class RunRegistry:
         """
         started: list[Run] = []
         candidates = []
+        generation = self.proc.last_pid()
+        if generation is not None and generation == self._scanned_at:
+            return started  # no process created since the last scan
+        self._scanned_at = generation
         pids = set(self.proc.pids())
         for gone in [p for p in seen if p not in pids]:
             del seen[gone]
@@ -458,10 +475,16 @@ def _close(member: Member) -> None:
 
 
 _NOT_SAVED = ("members", "started_mono", "ended_mono")  # monotonic readings mean nothing to another process
+_SAVED_FIELDS = tuple(f for f in fields(Run) if f.name not in _NOT_SAVED)
 
 
 def _to_json(run: Run, now_mono: float) -> dict[str, Any]:
-    doc = asdict(run, dict_factory=lambda items: {k: v for k, v in items if k not in _NOT_SAVED})
+    """A snapshot of the run, safe to encode outside the lock: its dicts copied (a shallow copy suffices, their
+    values are numbers and strings; ``dataclasses.asdict`` deep-copies and cost half of a save)."""
+    doc = {f.name: getattr(run, f.name) for f in _SAVED_FIELDS}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            doc[key] = dict(value)
     doc["roots"] = {str(k): v for k, v in run.roots.items()}
     doc["members"] = {}
     if run.started_mono is not None:

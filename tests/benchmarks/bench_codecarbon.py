@@ -228,6 +228,16 @@ def measure(kind: str, seconds: float, warmup_s: float, cc_python: Path | None) 
             with sqlite3.connect(db) as c:  # what the daemon stored (carbond.store.sqlite's tables)
                 result["stored"] = dict(c.execute("SELECT s.measurement, count(*) FROM points p JOIN series s "
                                                   "ON s.id = p.series_id GROUP BY s.measurement").fetchall())
+                # runs it attributed: 1 (the workload) unless something else on the machine carries CARBOND_JOB/SLURM_JOB_ID
+                result["runs_attributed"] = c.execute("SELECT count(*) FROM series WHERE measurement = 'job'").fetchone()[0]
+            # the comparison holds only if carbond did its whole job meanwhile: a host point per tick in the store,
+            # and (carbond+runs) the workload found, its run attributed on every tick (job points)
+            ticks = result["stored"].get("host", 0)
+            if ticks < warmup_s + seconds - 5:
+                raise RuntimeError(f"{kind} stored {ticks} host points in {warmup_s + seconds:g} s: {result['stored']}")
+            if kind == "carbond+runs" and result["stored"].get("job", 0) < seconds:
+                raise RuntimeError(f"{kind}: the workload's run got {result['stored'].get('job', 0)} job points in "
+                                   f"{warmup_s + seconds:g} s (discovery or attribution failed): {result['stored']}")
         else:
             csv = tmp / "emissions.csv"
             result["stored"] = {"emissions.csv rows": max(0, len(csv.read_text().splitlines()) - 1) if csv.exists() else 0}
@@ -257,7 +267,8 @@ def main() -> int:
         order = kinds[r % 3:] + kinds[:r % 3]
         results = {k: measure(k, args.seconds, args.warmup, cc_python) for k in order}
         rounds.append({"order": order, **results})
-        line = "  ".join(f"{k}: {results[k]['cpu_ms_per_s']:.2f} ms/s {results[k]['rss_mb']:.1f} MB" for k in kinds)
+        line = "  ".join(f"{k}: {results[k]['cpu_ms_per_s']:.2f} ms/s {results[k]['rss_mb']:.1f} MB"
+                         + (f" ({results[k]['runs_attributed']} run)" if k == "carbond+runs" else "") for k in kinds)
         print(f"round {r + 1}: {line}", flush=True)
 
     def med(kind: str, key: str) -> float:
