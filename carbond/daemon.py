@@ -50,10 +50,12 @@ log = logging.getLogger(__name__)
 HEAVY_MODULES = ("pandas", "matplotlib", "torch", "influxdb_client", "numpy")
 SELF_METRICS_EVERY_S = 10.0  # the ``carbond`` measurement: the daemon watching itself
 HOUR_NS = 3_600_000_000_000
-# Run membership refresh and environment discovery, off the tick thread, on a timed-wait thread of
-# their own (an APScheduler job cost about 0.2 ms of CPU more per fire: 0.1 ms/s at this cadence).
-# A process that joins a run between two passes is counted from its birth when found (all its CPU
-# time); one that lives and dies in between is counted through its parent's cutime.
+# Run upkeep (membership refresh, environment discovery, runs that are over) every RUNS_EVERY_S. It
+# rides on the tick thread's wake-up, after the tick, when ticks come at least that often (a thread
+# of its own cost a wake-up, and an APScheduler job 0.2 ms more per fire, on the reference VM);
+# with slower ticks it gets a timed-wait thread of its own. A process that joins a run between two
+# passes is counted from its birth when found (all its CPU time); one that lives and dies in
+# between is counted through its parent's cutime.
 RUNS_EVERY_S = 2.0
 DISCOVER_EVERY_S = 5.0  # environment discovery lists /proc: less often
 
@@ -138,7 +140,9 @@ class Daemon:
         self._busy_sources = [s for s in sensors if hasattr(s, "busy_ticks")]
         self._scheduler: Any = None
         self._ticker: Any = None
-        self._upkeep: Any = None  # the run maintenance thread (Ticker)
+        self._upkeep: Any = None  # run upkeep's own thread (Ticker), only while ticks are slower than RUNS_EVERY_S
+        self._upkeep_lock = threading.Lock()
+        self._last_upkeep = float("-inf")
         self._server: Any = None
 
     def _impact_factors(self, settings: Settings) -> tuple[ImpactFactors, Embodied]:
@@ -298,10 +302,29 @@ class Daemon:
     def _run_point_now(self, run: Run) -> None:
         self._emit([run_point(run, self.settings.daemon.host, self._wall_ns(), self._clock())])
 
+    def _fit_upkeep(self) -> None:
+        """Run upkeep on the tick's wake-up when ticks come every RUNS_EVERY_S or faster, else on a thread of its own."""
+        from carbond.ticker import Ticker
+
+        own = self.settings.daemon.interval_s > RUNS_EVERY_S
+        if own and self._upkeep is None:
+            self._upkeep = Ticker(RUNS_EVERY_S, self.maintain_runs, name="carbond-runs")
+            self._upkeep.start()
+        elif not own and self._upkeep is not None:
+            self._upkeep.stop()
+            self._upkeep = None
+
+    def _upkeep_after_tick(self) -> None:
+        """The tick thread's share of run upkeep: every RUNS_EVERY_S (half a tick of slack), after the tick."""
+        if self._upkeep is None and self._clock() - self._last_upkeep >= RUNS_EVERY_S - self.settings.daemon.interval_s / 2:
+            self.maintain_runs()
+
     def maintain_runs(self) -> None:
-        """Off the tick thread: find new processes of runs, tagged processes, and runs that are over."""
+        """Find new processes of runs, tagged processes, and runs that are over (never two passes at once)."""
+        if not self._upkeep_lock.acquire(blocking=False):
+            return  # another thread is at it (the upkeep moving between threads at a reload)
         try:
-            now = self._clock()
+            now = self._last_upkeep = self._clock()
             if now - self._last_discovery >= DISCOVER_EVERY_S:
                 self._last_discovery = now
                 for run in self.runs.discover(self._env_seen, os.getpid()):
@@ -312,6 +335,8 @@ class Daemon:
                     self._run_point_now(run)
         except Exception:  # run bookkeeping must never stop the daemon
             log.exception("run maintenance failed")
+        finally:
+            self._upkeep_lock.release()
 
     def _self_point(self, now_ns: int, lag_s: float) -> Point:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -451,8 +476,7 @@ class Daemon:
         self.tick()  # the baseline reading of every device
         self._ticker = Ticker(self.settings.daemon.interval_s, self._loop_tick)
         self._ticker.start()
-        self._upkeep = Ticker(RUNS_EVERY_S, self.maintain_runs, name="carbond-runs")
-        self._upkeep.start()
+        self._fit_upkeep()
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_job(self._safe_flush, IntervalTrigger(seconds=self.settings.store.flush_interval_s),
                                 id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
@@ -531,12 +555,13 @@ class Daemon:
             return False
 
     def _loop_tick(self) -> None:
-        """The ticker's call: a tick, then the watchdog ping (only a working tick loop pings) and the status."""
+        """The ticker's call: a tick, then the watchdog ping (only a working tick loop pings), the status, run upkeep."""
         if self._safe_tick():
             self.notifier.watchdog()
         if self.notifier.enabled and self._clock() - self._last_status_mono >= SELF_METRICS_EVERY_S:
             self._last_status_mono = self._clock()
             self.notifier.status(self._status_line())
+        self._upkeep_after_tick()
 
     # --- reload ---------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -589,6 +614,7 @@ class Daemon:
         if plan.changed("daemon.interval_s") and self._ticker is not None:
             self._ticker.interval_s = plan.settings.daemon.interval_s  # from the next slot on
             self._fit_watchdog()
+            self._fit_upkeep()
         if self._scheduler is not None:
             if plan.changed("store.flush_interval_s"):
                 from apscheduler.triggers.interval import IntervalTrigger

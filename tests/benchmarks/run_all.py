@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "bench_runs": (["--ticks", "60"], ["--ticks", "15"]),
     "bench_delivery": ([], ["--outage-s", "600", "--sustained-points", "100000"]),
     "bench_reports": ([], ["--days", "2", "--repeat", "1"]),
-    "bench_codecarbon": ([], ["--rounds", "1", "--seconds", "20"]),
+    "bench_codecarbon": ([], ["--rounds", "1", "--seconds", "20", "--warmup", "10"]),
     "bench_fleet": (["--minutes", "10"], ["--minutes", "1"]),
 }
 

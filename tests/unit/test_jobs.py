@@ -176,3 +176,54 @@ def test_torchrun_default_rendezvous_id_is_not_a_run_id():
 
     assert run_id_from_env({"TORCHELASTIC_RUN_ID": "none"}) is None
     assert run_id_from_env({"TORCHELASTIC_RUN_ID": "job-7"}) == "job-7"
+
+
+def test_last_pid_moves_when_a_process_is_created_and_falls_back_to_loadavg(tmp_path: Path):
+    from carbond.procs import Proc
+
+    before = Proc().last_pid()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert before is not None and Proc().last_pid() != before
+    assert Proc(str(tmp_path)).last_pid() is None  # a fixture tree without either file: unknown, always scan
+    (tmp_path / "loadavg").write_text("0.00 0.01 0.05 1/100 4242\n")
+    assert Proc(str(tmp_path)).last_pid() == 4242
+
+
+def test_periodic_refresh_and_scan_are_skipped_while_no_process_was_created(tmp_path: Path):
+    from carbond.procs import Proc
+
+    class Counting(Proc):
+        def __init__(self) -> None:
+            super().__init__()
+            self.generation, self.walks, self.listings = 1, 0, 0
+
+        def last_pid(self) -> int | None:
+            return self.generation
+
+        def descendants(self, roots):
+            self.walks += 1
+            return super().descendants(roots)
+
+        def pids(self):
+            self.listings += 1
+            return super().pids()
+
+    proc = Counting()
+    reg = RunRegistry("h", tmp_path / "runs.json", proc=proc)
+    reg.start("j", pid=os.getpid(), uid=os.getuid())
+    walks = proc.walks
+    reg.refresh_members(if_new_processes=True)
+    assert proc.walks == walks  # nothing was created since start() walked
+    reg.refresh_members()
+    assert proc.walks == walks + 1  # asked for: always walks
+    proc.generation = 2
+    reg.refresh_members(if_new_processes=True)
+    assert proc.walks == walks + 2
+    seen: dict[int, int] = {}
+    reg.discover(seen, os.getpid())
+    reg.discover(seen, os.getpid())
+    assert proc.listings == 1
+    proc.generation = 3
+    reg.discover(seen, os.getpid())
+    assert proc.listings == 2
