@@ -9,7 +9,7 @@ bench_delivery (spool append, InfluxDB 1.6.7 delivery and outage replay), bench_
 (lifecycle report over 30 days of 1 s data, when present), bench_codecarbon (carbond vs
 CodeCarbon side by side; creates CodeCarbon's virtualenv on first use) and bench_fleet (100
 hosts at 1 s into one InfluxDB for 10 minutes). ``--quick`` shortens each (about 4 minutes in
-all instead of about an hour on the reference machine) — good for checking that everything
+all instead of about 40 minutes on the reference machine) — good for checking that everything
 runs, not for quoting.
 
 Writes ``DIR/results.json`` (every benchmark's own JSON, its arguments, wall time and exit code,
