@@ -7,8 +7,9 @@ or memory), with its ``--json``: bench_daemon (daemon CPU per tick and RSS, ``ca
 RSS on InfluxDB v1/v2 URLs), bench_runs (tick cost with 0/10/50 runs, ``track()`` enter+exit),
 bench_delivery (spool append, InfluxDB 1.6.7 delivery and outage replay), bench_reports
 (lifecycle report over 30 days of 1 s data, when present), bench_codecarbon (carbond vs
-CodeCarbon side by side; creates CodeCarbon's virtualenv on first use) and bench_fleet (100
-hosts at 1 s into one InfluxDB for 10 minutes). ``--quick`` shortens each (about 4 minutes in
+CodeCarbon side by side; creates CodeCarbon's virtualenv on first use), bench_fleet (100
+hosts at 1 s into one InfluxDB for 10 minutes) and bench_matrix (daemon CPU and RSS for 0/8/64
+GPUs × 0/10/50 runs × SQLite, InfluxDB v1 and v2; about 25 minutes). ``--quick`` shortens each (about 4 minutes in
 all instead of about 40 minutes on the reference machine) — good for checking that everything
 runs, not for quoting.
 
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "bench_reports": ([], ["--days", "2", "--repeat", "1"]),
     "bench_codecarbon": ([], ["--rounds", "1", "--seconds", "20", "--warmup", "10"]),
     "bench_fleet": (["--minutes", "10"], ["--minutes", "1"]),
+    "bench_matrix": (["--seconds", "30"], ["--seconds", "5", "--gpus", "8", "--runs", "10", "--stores", "sqlite", "v1"]),
 }
 
 Row = tuple[str, str, str, str]  # benchmark, figure, measured, target (with "met"/"not met")
@@ -152,9 +154,14 @@ def rows_fleet(r: dict) -> list[Row]:
     ]
 
 
+def rows_matrix(r: dict) -> list[Row]:
+    return [("matrix", f"{m['store']}, {m['gpus']} GPUs, {m['runs']} runs ({m['runs_attributed']} attributed): CPU / RSS",
+             f"{_fmt(m['cpu_ms_per_s'], ' ms/s', 3)} / {_fmt(m['rss_mb'], ' MB', 1)}", "") for m in r.get("rows", [])]
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "bench_daemon": rows_daemon, "bench_runs": rows_runs, "bench_delivery": rows_delivery, "bench_reports": rows_reports,
-    "bench_codecarbon": rows_codecarbon, "bench_fleet": rows_fleet,
+    "bench_codecarbon": rows_codecarbon, "bench_fleet": rows_fleet, "bench_matrix": rows_matrix,
 }
 
 
