@@ -54,6 +54,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from benchmarks.bench_daemon import status_kb, thread_cpu_ns  # noqa: E402
+
 DEFAULT_VENV = Path.home() / ".cache" / "carbond-bench" / "codecarbon-venv"
 TORCH_PIN = "torch==2.13.0"
 try:
@@ -111,18 +114,6 @@ def process_cpu_ns(pid: int) -> int:
     return time.clock_gettime_ns(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole thread group
 
 
-def thread_cpu_ns(pid: int) -> dict[str, int]:
-    """CPU per live thread (``name:tid``), from ``/proc/PID/task/*/schedstat``: where a long-lived daemon spends it."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            out[f"{name}:{tid}"] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
-
-
 def last_pid() -> int:
     """The pid the kernel handed out last (processes and threads); 0 when unknown."""
     try:
@@ -131,14 +122,6 @@ def last_pid() -> int:
         return 0
 
 
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-# --- CodeCarbon's virtualenv ----------------------------------------------------------------------
 def codecarbon_venv(venv: Path, version: str) -> tuple[Path, str, list[str]]:
     """The venv's python, CodeCarbon's version and what was installed first; creates the venv if needed."""
     py = venv / "bin" / "python"

@@ -261,14 +261,7 @@ class Ctx:
     def cleanup(self) -> None:
         for proc in self.children:
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+                kill_group(proc)
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1) -> Any:
@@ -361,18 +354,23 @@ def wait_ready(ctx: Ctx, proc: subprocess.Popen, ready: Path, timeout_s: float) 
     return None if not info or "exited" in info else info
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group a child leads, and reap it (5 s at most)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def stop_proc(proc: subprocess.Popen, timeout_s: float = 30.0) -> int | None:
     try:
         return proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_group(proc)
         return None
 
 
