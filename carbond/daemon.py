@@ -2,8 +2,8 @@
 
 Every tick (the :class:`~carbond.ticker.Ticker` thread) reads the sensors, turns the
 readings into points and appends them to the write-ahead journal — one ``write`` —
-before it returns. An APScheduler job flushes the journal into the store every
-``store.flush_interval_s`` in one batch. Nothing is lost when the store is down or the
+before it returns. A thread of its own (another Ticker) flushes the journal into the store
+every ``store.flush_interval_s`` in one batch; APScheduler runs the slower jobs. Nothing is lost when the store is down or the
 daemon is killed: segments stay on disk until the store has taken them and are replayed
 at the next start. One failing sensor, provider or write never stops the daemon: it is
 logged (rate-limited), counted in the ``carbond`` self-metrics, and retried. ``run``
@@ -140,6 +140,7 @@ class Daemon:
         self._busy_sources = [s for s in sensors if hasattr(s, "busy_ticks")]
         self._scheduler: Any = None
         self._ticker: Any = None
+        self._flusher: Any = None  # the flush loop (a Ticker): one timed wait per flush, no scheduler bookkeeping
         self._upkeep: Any = None  # run upkeep's own thread (Ticker), only while ticks are slower than RUNS_EVERY_S
         self._upkeep_lock = threading.Lock()
         self._last_upkeep = float("-inf")
@@ -381,7 +382,7 @@ class Daemon:
                         self._warn.warning("store", "writing %d points to %s failed (kept in the journal, will "
                                            "retry): %s", len(points), self.store.url, exc)
                         return False
-                segment.unlink()
+                self.journal.discard(segment)
                 self._count(points_written=len(points), pending_points=-len(points))
             return True
 
@@ -453,7 +454,6 @@ class Daemon:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
-        from apscheduler.triggers.interval import IntervalTrigger
 
         from carbond.server import SocketServer
         from carbond.ticker import Ticker
@@ -477,9 +477,9 @@ class Daemon:
         self._ticker = Ticker(self.settings.daemon.interval_s, self._loop_tick)
         self._ticker.start()
         self._fit_upkeep()
+        self._flusher = Ticker(self.settings.store.flush_interval_s, self._safe_flush, name="carbond-flush")
+        self._flusher.start()
         self._scheduler = BackgroundScheduler(timezone="UTC")
-        self._scheduler.add_job(self._safe_flush, IntervalTrigger(seconds=self.settings.store.flush_interval_s),
-                                id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
         self._schedule_refresh()
         from carbond.reports.schedule import schedule_reports, schedule_rollups
 
@@ -615,11 +615,9 @@ class Daemon:
             self._ticker.interval_s = plan.settings.daemon.interval_s  # from the next slot on
             self._fit_watchdog()
             self._fit_upkeep()
+        if plan.changed("store.flush_interval_s") and self._flusher is not None:
+            self._flusher.interval_s = plan.settings.store.flush_interval_s  # from the next slot on
         if self._scheduler is not None:
-            if plan.changed("store.flush_interval_s"):
-                from apscheduler.triggers.interval import IntervalTrigger
-
-                self._scheduler.reschedule_job("flush", trigger=IntervalTrigger(seconds=plan.settings.store.flush_interval_s))
             if provider is not None or plan.changed("intensity.refresh_s"):
                 self._schedule_refresh()
             if new.reports != old.reports:
@@ -675,6 +673,9 @@ class Daemon:
         if self._upkeep is not None:
             self._upkeep.stop()
             self._upkeep = None
+        if self._flusher is not None:
+            self._flusher.stop()  # after the flush in progress, if any
+            self._flusher = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None

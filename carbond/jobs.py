@@ -7,13 +7,13 @@ its registered roots and every live descendant. Its CPU time is the sum over the
 time into that member's ``cutime``, so short-lived processes are counted even when they
 live and die between two ticks; a member reaped elsewhere keeps what it had ("banked").
 
-The registry is saved to ``runs.json`` (atomically) whenever a run starts or ends and at
+The registry is saved to ``runs.json`` (two slot files overwritten in turn, so a torn save
+leaves the previous one: :mod:`carbond.statefile`) whenever a run starts or ends and at
 every flush, and loaded at start: a daemon restart does not lose a run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,6 +28,7 @@ from typing import Any
 
 from carbond.errors import UsageError
 from carbond.procs import CLK_TCK, Proc, read_stat
+from carbond.statefile import StateFile, StateFileError
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class RunRegistry:
                  clock_ns: Callable[[], int] = time.time_ns, mono: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.state_path = state_path
+        self._state = StateFile(state_path)
         self.proc = proc or Proc()
         self._clock_ns = clock_ns  # timestamps (started_ns, ended_ns): the wall clock
         self.mono = mono  # durations: a clock no wall-clock step moves (the daemon's tick clock)
@@ -419,27 +421,25 @@ class RunRegistry:
 
     # --- persistence ----------------------------------------------------------------------
     def save(self) -> None:
-        """Write the active runs to ``runs.json`` atomically; concurrent callers take turns."""
-        with self._save_lock:  # one writer at a time: they share the temporary file
+        """Write the active runs to ``runs.json`` (the older of its two slots); concurrent callers take turns."""
+        with self._save_lock:  # one writer at a time, in the order their snapshots were taken
             with self.lock:
                 now_mono = self.mono()
                 doc = {"version": 1, "host": self.host, "saved_ns": self._clock_ns(),
                        "runs": [_to_json(r, now_mono) for r in self.runs.values()]}
-            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
             try:
-                tmp.write_text(json.dumps(doc))
-                os.replace(tmp, self.state_path)
+                self._state.save(doc)
             except OSError as exc:
                 log.warning("could not save the run registry to %s: %s", self.state_path, exc)
 
     def load(self) -> list[Run]:
         """Restore the active runs of an earlier daemon; those whose processes are gone end now."""
         try:
-            doc = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
+            doc = self._state.load()
+        except StateFileError as exc:
             log.warning("run registry %s is unreadable (%s); starting without it", self.state_path, exc)
+            return []
+        if doc is None:
             return []
         restored = []
         now_ns, now_mono = self._clock_ns(), self.mono()

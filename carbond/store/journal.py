@@ -86,6 +86,8 @@ class Journal:
             raise UsageError(f"journal directory {directory}: {exc.strerror}") from exc
         self._lock = threading.Lock()
         existing = self.segments()
+        # closed segments not yet discarded, oldest first: known here, so a rotation lists no directory
+        self._closed: list[Path] = existing
         self._seq = int(existing[-1].stem) + 1 if existing else 1
         self._fd = self._open(self._seq)
 
@@ -110,13 +112,21 @@ class Journal:
             os.write(self._fd, record)
 
     def rotate(self) -> list[Path]:
-        """Close the open segment and start a new one; returns every closed segment, oldest first."""
+        """Close the open segment and start a new one; returns every closed segment not yet discarded, oldest first."""
         with self._lock:
             os.close(self._fd)
+            self._closed.append(self._path(self._seq))
             self._seq += 1
             self._fd = self._open(self._seq)
-            current = self._path(self._seq)
-        return [p for p in self.segments() if p != current]
+            self._closed = [p for p in self._closed if p.exists()]  # one removed behind our back is gone
+            return list(self._closed)
+
+    def discard(self, segment: Path) -> None:
+        """Delete a closed segment whose points the store has taken."""
+        segment.unlink(missing_ok=True)
+        with self._lock:
+            if segment in self._closed:
+                self._closed.remove(segment)
 
     def close(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,19 @@ class Clocks:
     def advance(self, s: float) -> None:
         self.mono += s
         self.wall_ns += int(s * 1e9)
+
+
+def test_a_save_torn_by_a_crash_restores_the_one_before(tmp_path: Path):
+    reg = _registry(tmp_path)
+    run, _ = reg.start("j", run_id="r-1", pid=os.getpid(), uid=os.getuid())
+    run.energy_j = 10.0
+    reg.save()
+    run.energy_j = 20.0
+    reg.save()
+    newest = max(reg._state.slots, key=lambda p: json.loads(p.read_text())["seq"])
+    newest.write_bytes(newest.read_bytes()[:40])  # the power went while the last save was being written
+    [restored] = _registry(tmp_path).load()
+    assert restored.run_id == "r-1" and restored.energy_j == 10.0
 
 
 def test_duration_follows_the_monotonic_clock_when_the_wall_clock_steps(tmp_path: Path):

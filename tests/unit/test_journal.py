@@ -51,3 +51,20 @@ def test_journal_dir_is_per_store():
     a = journal_dir_for("influxdb+v1://u:p@h:8086/db", {"STATE_DIRECTORY": "/var/lib/carbond"})
     b = journal_dir_for("influxdb+v1://u:p@h:8086/other", {"STATE_DIRECTORY": "/var/lib/carbond"})
     assert a.parent == Path("/var/lib/carbond/journal") and a != b
+
+
+def test_rotation_lists_what_is_left_without_reading_the_directory(tmp_path: Path):
+    j = Journal(tmp_path / "j")
+    j.append(_points(1))
+    j.close()
+    j = Journal(tmp_path / "j")  # segment 1 was left by an earlier daemon
+    j.append(_points(1, t0=10))
+    first, second = j.rotate()
+    assert (first.name, second.name) == ("000000000001.seg", "000000000002.seg")
+    j.discard(first)
+    assert not first.exists()
+    j.append(_points(1, t0=20))
+    assert [p.name for p in j.rotate()] == ["000000000002.seg", "000000000003.seg"]
+    second.unlink()  # removed behind the journal's back: no longer offered
+    assert [p.name for p in j.rotate()] == ["000000000003.seg", "000000000004.seg"]
+    j.close()
