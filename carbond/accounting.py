@@ -8,7 +8,7 @@ embodied carbon is the host's embodied carbon of the tick in proportion to its e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from carbond.attribution import DeviceShare
 from carbond.impacts import Factors, operational
@@ -16,15 +16,14 @@ from carbond.jobs import Run
 from carbond.store.base import Point, make_point
 
 
-@dataclass(frozen=True)
-class RunTick:
+class RunTick(NamedTuple):
     run_id: str
     energy_j: float
     co2_g: float
     water_l: float
     embodied_g: float
-    sources: Mapping[str, float] = field(default_factory=dict)
-    kinds: Mapping[str, float] = field(default_factory=dict)  # joules by device kind (cpu, gpu, ram)
+    sources: Mapping[str, float]  # joules by source (counter, power, model)
+    kinds: Mapping[str, float]  # joules by device kind (cpu, gpu, ram)
 
 
 def run_ticks(shares: list[DeviceShare], sources: Mapping[str, str], factors: Factors, host_energy_j: float,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 IDLE_POLICIES = ("proportional", "unattributed")
 
@@ -47,8 +48,7 @@ class Activity:
     gpus: Mapping[str, GpuUse] = field(default_factory=dict)  # device name ("gpu0") -> use
 
 
-@dataclass(frozen=True)
-class DeviceShare:
+class DeviceShare(NamedTuple):
     """One device's energy of one tick and its split."""
 
     device: str

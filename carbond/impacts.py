@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 J_PER_KWH = 3.6e6
 HOURS_PER_YEAR = 8766.0  # 365.25 days
@@ -30,8 +31,7 @@ class Factors:
     marginal_g_per_kwh: float | None = None  # a marginal rate (WattTime): stored, never used for co2_g
 
 
-@dataclass(frozen=True)
-class Impact:
+class Impact(NamedTuple):
     co2_g: float
     water_l: float
 

@@ -8,8 +8,9 @@ that vanished mid-read is simply absent (None).
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -17,8 +18,7 @@ ENV_KEYS = (b"CARBOND_JOB", b"CARBOND_PROJECT", b"CARBOND_PHASE", b"CARBOND_RUN"
             b"SLURM_STEP_ID", b"TORCHELASTIC_RUN_ID")
 
 
-@dataclass(frozen=True, slots=True)
-class ProcStat:
+class ProcStat(NamedTuple):
     pid: int
     ppid: int
     cpu_ticks: int  # utime + stime + cutime + cstime: the process and its reaped children
@@ -26,16 +26,32 @@ class ProcStat:
     rss_bytes: int
 
 
+def read_file(path: str, size: int = 65536) -> bytes:
+    """A small /proc file in three system calls (``open()`` makes nine and builds a buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size)
+        if len(data) < size:
+            return data
+        chunks = [data]  # /proc files can be longer than one read (environ, status of a big process)
+        while chunk := os.read(fd, size):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class Proc:
     """Readers over one /proc tree (``root`` lets tests use a fixture tree)."""
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
+        self._last_pid_fd: int | None = None  # kept open (closed with this object): read every few seconds
+        self._last_pid_field = 0
 
     def stat(self, pid: int) -> ProcStat | None:
         try:
-            with open(f"{self.root}/{pid}/stat", "rb") as fh:
-                return parse_stat(pid, fh.read())
+            return parse_stat(pid, read_file(f"{self.root}/{pid}/stat", 1024))
         except OSError:
             return None
 
@@ -60,8 +76,7 @@ class Proc:
             return out
         for tid in tids:
             try:
-                with open(f"{self.root}/{pid}/task/{tid}/children", "rb") as fh:
-                    out.extend(int(c) for c in fh.read().split())
+                out.extend(int(c) for c in read_file(f"{self.root}/{pid}/task/{tid}/children").split())
             except (OSError, ValueError):
                 continue
         return out
@@ -85,13 +100,21 @@ class Proc:
         cold on the reference VM) would find nothing new: reading this costs a tenth of that.
         ``ns_last_pid`` needs CONFIG_CHECKPOINT_RESTORE; the last field of ``loadavg`` says the same.
         """
-        for name, field_index in (("sys/kernel/ns_last_pid", 0), ("loadavg", 4)):
-            try:
-                with open(f"{self.root}/{name}", "rb") as fh:
-                    return int(fh.read().split()[field_index])
-            except (OSError, ValueError, IndexError):
-                continue
-        return None
+        if self._last_pid_fd is None:
+            for name, field_index in (("sys/kernel/ns_last_pid", 0), ("loadavg", 4)):
+                try:
+                    fd = os.open(f"{self.root}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                self._last_pid_fd, self._last_pid_field = fd, field_index
+                weakref.finalize(self, os.close, fd)
+                break
+            else:
+                return None
+        try:
+            return int(os.pread(self._last_pid_fd, 128, 0).split()[self._last_pid_field])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def pids(self) -> Iterator[int]:
         for name in os.listdir(self.root):
@@ -100,10 +123,10 @@ class Proc:
 
     def status_fields(self, pid: int) -> dict[str, str]:
         try:
-            with open(f"{self.root}/{pid}/status") as fh:
-                return dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
+            text = read_file(f"{self.root}/{pid}/status").decode(errors="replace")
         except OSError:
             return {}
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
     def uid(self, pid: int) -> int | None:
         """Real uid of the process, or None if it is gone."""
@@ -124,8 +147,7 @@ class Proc:
     def environ(self, pid: int) -> dict[str, str] | None:
         """The tagging variables of the process environment (None: unreadable or gone)."""
         try:
-            with open(f"{self.root}/{pid}/environ", "rb") as fh:
-                data = fh.read()
+            data = read_file(f"{self.root}/{pid}/environ")
         except OSError:
             return None
         out = {}

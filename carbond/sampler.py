@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from carbond.impacts import Embodied, Factors, embodied_g, operational
 from carbond.power import UtilizationModel, counter_delta, trapezoid_j
@@ -21,8 +22,9 @@ CEILING_FACTOR = 2.0
 CEILING_SLACK_J = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceEnergy:
+class DeviceEnergy(NamedTuple):
+    """One device's energy over one tick (a NamedTuple: made per device per tick)."""
+
     device: str
     kind: str
     model: str

@@ -33,3 +33,15 @@ def test_ticks_never_overlap_and_a_failing_tick_does_not_stop_the_loop():
     n = len(calls)
     assert not overlap and n >= 5
     assert len(calls) == n  # stopped means stopped
+
+
+def test_stop_ends_a_long_wait_at_once_and_a_second_stop_is_harmless():
+    calls: list[int] = []
+    t = Ticker(3600.0, lambda: calls.append(1))  # the first slot is an hour away
+    t.start()
+    stopper = threading.Thread(target=t.stop)
+    stopper.start()
+    stopper.join(timeout=30)
+    assert not stopper.is_alive()  # stop() returned: the thread left its hour-long wait
+    assert not t._thread.is_alive() and calls == []
+    t.stop()  # again, from the same or another thread: nothing to release, no error
