@@ -22,30 +22,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 IDLE_POLICIES = ("proportional", "unattributed")
+EMPTY: Mapping[Any, Any] = MappingProxyType({})  # the records below are NamedTuples (made every tick): no mutable defaults
 
 
-@dataclass(frozen=True)
-class GpuUse:
+class GpuUse(NamedTuple):
     """What one GPU's processes did in the interval, grouped by run (None: no run)."""
 
-    sm_pct: Mapping[str | None, float] = field(default_factory=dict)  # summed SM utilization per run
-    memory_bytes: Mapping[str | None, float] = field(default_factory=dict)  # GPU memory per run
-    processes: Mapping[str | None, int] = field(default_factory=dict)  # process count per run
+    sm_pct: Mapping[str | None, float] = EMPTY  # summed SM utilization per run
+    memory_bytes: Mapping[str | None, float] = EMPTY  # GPU memory per run
+    processes: Mapping[str | None, int] = EMPTY  # process count per run
 
 
-@dataclass(frozen=True)
-class Activity:
+class Activity(NamedTuple):
     """What the runs did in one interval, as measured from /proc and NVML."""
 
     cpu_busy_s: float  # busy CPU seconds of the whole host
     ram_used_bytes: float  # memory in use on the host
-    run_cpu_s: Mapping[str, float] = field(default_factory=dict)
-    run_rss_bytes: Mapping[str, float] = field(default_factory=dict)
-    gpus: Mapping[str, GpuUse] = field(default_factory=dict)  # device name ("gpu0") -> use
+    run_cpu_s: Mapping[str, float] = EMPTY
+    run_rss_bytes: Mapping[str, float] = EMPTY
+    gpus: Mapping[str, GpuUse] = EMPTY  # device name ("gpu0") -> use
 
 
 class DeviceShare(NamedTuple):

@@ -38,7 +38,7 @@ from carbond.impacts import Embodied, Factors, embodied_g
 from carbond.intensity import IntensityProvider, ProviderSettings, make_provider
 from carbond.jobs import Run, RunRegistry
 from carbond.logutil import Throttled
-from carbond.procs import CLK_TCK
+from carbond.procs import CLK_TCK, PAGE_BYTES, read_file
 from carbond.sampler import DeviceEnergy, Sampler, TickContext, tick_points
 from carbond.sdnotify import Notifier
 from carbond.sensors.base import Reading, Sensor
@@ -711,7 +711,6 @@ class Daemon:
 
 def _rss_bytes() -> int:
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return int(read_file("/proc/self/statm", 256).split()[1]) * PAGE_BYTES
     except (OSError, ValueError, IndexError):
         return 0

@@ -9,7 +9,6 @@ the same way. The source is recorded on the device point.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from carbond.impacts import Embodied, Factors, embodied_g, operational
@@ -111,8 +110,7 @@ class Sampler:
         return out
 
 
-@dataclass(frozen=True)
-class TickContext:
+class TickContext(NamedTuple):
     host: str
     factors: Factors
     embodied: Embodied
