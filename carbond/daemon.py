@@ -2,8 +2,9 @@
 
 Every tick (the :class:`~carbond.ticker.Ticker` thread) reads the sensors, turns the
 readings into points and appends them to the write-ahead journal — one ``write`` —
-before it returns. A thread of its own (another Ticker) flushes the journal into the store
-every ``store.flush_interval_s`` in one batch; APScheduler runs the slower jobs. Nothing is lost when the store is down or the
+before it returns. A thread of its own (another Ticker) flushes the journal into the
+store every ``store.flush_interval_s`` in one batch; APScheduler runs the slower jobs
+(reports, rollups, intensity refreshes). Nothing is lost when the store is down or the
 daemon is killed: segments stay on disk until the store has taken them and are replayed
 at the next start. One failing sensor, provider or write never stops the daemon: it is
 logged (rate-limited), counted in the ``carbond`` self-metrics, and retried. ``run``
