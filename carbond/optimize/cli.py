@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from carbond.errors import CarbondError, UsageError
+from carbond.reports.formats import FORMATS
 
-FORMATS = ("table", "csv", "json", "md", "html")
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 DEFAULT_VARIANTS = "baseline,pruned-30,pruned-channels-25,quantized-int8,pruned-30+quantized-int8"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from carbond.errors import CarbondError, UsageError
+from carbond.reports.formats import FORMATS
 
 log = logging.getLogger(__name__)
-FORMATS = ("table", "csv", "json", "md", "html")
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMATS = ("table", "csv", "json", "md", "html")
-EXTENSIONS = {"table": "txt", "csv": "csv", "json": "json", "md": "md", "html": "html"}
+from carbond.reports.formats import FORMATS
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from carbond.errors import ConfigError, UsageError
-from carbond.reports.render import EXTENSIONS, FORMATS
+from carbond.reports.formats import EXTENSIONS, FORMATS
 
 log = logging.getLogger(__name__)
 

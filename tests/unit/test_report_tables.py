@@ -190,3 +190,19 @@ def test_the_daemon_side_imports_no_pandas_or_matplotlib():
             "carbond.estimate; print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'matplotlib', 'numpy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_daemon_and_the_cli_parser_leave_the_renderer_unloaded():
+    """render brings ``html`` and its entity table (about 0.5 MB of the daemon's RSS): loaded only to render."""
+    import subprocess
+    import sys
+
+    code = ("import sys, carbond.cli, carbond.daemon, carbond.reports.schedule, carbond.reports.rollup; "
+            "carbond.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m in ('html', 'html.entities', 'carbond.reports.render')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
+    from carbond.reports import render
+    from carbond.reports.formats import EXTENSIONS, FORMATS
+
+    assert render.FORMATS is FORMATS and set(EXTENSIONS) == set(FORMATS)
