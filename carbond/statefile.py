@@ -7,7 +7,8 @@ overwrites two slot files in turn instead — ``NAME`` and ``NAME.1``, in place 
 ``pwrite`` (about 0.04 ms) — each holding ``{"seq": N, "crc": C, "state": {...}}`` with C
 the CRC-32 of the state's JSON bytes. Loading takes the valid slot with the highest N, so a
 save torn by a crash or a power loss leaves the other slot, one save older, to load. A plain
-JSON document in ``NAME`` (a file written by an older carbond) loads as sequence 0.
+JSON document in ``NAME`` (a file written by an older carbond) loads as sequence -1, which
+maps to ``NAME``: the first save after an upgrade goes to ``NAME.1`` and leaves it intact.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import threading
 import zlib
 from pathlib import Path
 from typing import Any
+
+LEGACY_SEQ = -1  # a plain document in NAME: (-1 - 1) % 2 == 0, its slot, so the next save (seq 0) goes to NAME.1
 
 
 class StateFileError(ValueError):
@@ -39,7 +42,7 @@ class StateFile:
             if self._seq is None:
                 self._seq = max((seq for seq, _ in self._read_slots() if seq is not None), default=0)
             seq = self._seq + 1
-            slot = (seq - 1) % 2  # the first save goes to NAME
+            slot = (seq - 1) % 2  # seq N lives in slot (N-1) % 2: never the slot of the newest valid save
             data = f'{{"seq":{seq},"crc":{zlib.crc32(payload.encode())},"state":{payload}}}'.encode()
             fd = os.open(self.slots[slot], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
@@ -87,7 +90,7 @@ def parse_slot(path: Path, text: str) -> tuple[int | None, Any]:
     if not isinstance(doc, dict):
         return None, f"{path}: not a JSON object"
     if "state" not in doc or "seq" not in doc:
-        return 0, doc  # written whole by an older carbond (temporary file + rename)
+        return LEGACY_SEQ, doc  # written whole by an older carbond (temporary file + rename), in NAME
     seq, crc = doc.get("seq"), doc.get("crc")
     prefix = f'{{"seq":{seq},"crc":{crc},"state":'
     if not (isinstance(seq, int) and isinstance(crc, int) and text.startswith(prefix) and text.endswith("}")):

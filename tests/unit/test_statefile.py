@@ -65,6 +65,9 @@ def test_a_plain_document_from_an_older_carbond_loads_and_is_superseded(tmp_path
     assert sf.load() == {"version": 1, "runs": [{"run_id": "r-1"}]}
     sf.save({"version": 1, "runs": []})
     assert StateFile(path).load() == {"version": 1, "runs": []}
+    assert json.loads(path.read_text()) == {"version": 1, "runs": [{"run_id": "r-1"}]}  # not overwritten first:
+    sf.slots[1].write_bytes(b"")  # a first save torn after an upgrade still leaves the old registry to load
+    assert StateFile(path).load() == {"version": 1, "runs": [{"run_id": "r-1"}]}
 
 
 def test_no_readable_slot_is_an_error_that_names_each_file(tmp_path: Path):
